@@ -1,0 +1,1 @@
+"""Bundled data sets and the scripts that generate them (importable from tests)."""

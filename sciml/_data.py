@@ -1,0 +1,254 @@
+"""Trajectory data: loading, validation and batching (DESIGN §2).
+
+Long-form CSV or Parquet: a time column, one numeric column per state and, optionally, a
+trajectory id column. Every refusal is a `DataError` whose message names the file and, where it
+applies, the column, the row (1-based data row, header excluded) and the trajectory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._errors import DataError
+
+MIN_POINTS = 3
+_MAX_ABS = 1e150  # beyond this, squares overflow float64: treated as corrupt input
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """One trajectory: strictly increasing times `t` (M,) and states `y` (M, D)."""
+
+    name: str
+    t: np.ndarray
+    y: np.ndarray
+
+    @property
+    def t0(self) -> float:
+        return float(self.t[0])
+
+    @property
+    def t1(self) -> float:
+        return float(self.t[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectorySet:
+    """Several trajectories of the same states, possibly of different lengths and sampling."""
+
+    states: tuple[str, ...]
+    trajectories: tuple[Trajectory, ...]
+    source: str = "<memory>"
+
+    def __post_init__(self):
+        if not self.trajectories:
+            raise DataError(f"{self.source}: no trajectories")
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    @property
+    def names(self) -> list[str]:
+        return [tr.name for tr in self.trajectories]
+
+    @property
+    def n_points(self) -> int:
+        return sum(len(tr.t) for tr in self.trajectories)
+
+    def padded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stack into `ts` (N, M), `ys` (N, M, D) and `mask` (N, M), M the longest length.
+
+        Shorter trajectories are padded by repeating their last time and state (so that times
+        stay non-decreasing for the ODE solver) with mask 0.
+        """
+        m = max(len(tr.t) for tr in self.trajectories)
+        n, d = len(self.trajectories), len(self.states)
+        ts = np.zeros((n, m))
+        ys = np.zeros((n, m, d))
+        mask = np.zeros((n, m))
+        for i, tr in enumerate(self.trajectories):
+            k = len(tr.t)
+            ts[i, :k], ts[i, k:] = tr.t, tr.t[-1]
+            ys[i, :k], ys[i, k:] = tr.y, tr.y[-1]
+            mask[i, :k] = 1.0
+        return ts, ys, mask
+
+    def state_scale(self) -> np.ndarray:
+        """Per-state scale for weighting residuals: the mean absolute value (or 1 if ~0)."""
+        allys = np.concatenate([tr.y for tr in self.trajectories])
+        scale = np.mean(np.abs(allys), axis=0)
+        return np.where(scale > 1e-12, scale, 1.0)
+
+    def split_time(self, fraction: float) -> tuple[TrajectorySet, TrajectorySet | None]:
+        """Split each trajectory at `fraction` of its time span: (training, held-out)."""
+        train, test = [], []
+        for tr in self.trajectories:
+            cut = tr.t0 + fraction * (tr.t1 - tr.t0)
+            keep = tr.t <= cut + 1e-12
+            train.append(Trajectory(tr.name, tr.t[keep], tr.y[keep]))
+            if (~keep).sum() > 0:
+                test.append(Trajectory(tr.name, tr.t[~keep], tr.y[~keep]))
+        test_set = dataclasses.replace(self, trajectories=tuple(test)) if test else None
+        return dataclasses.replace(self, trajectories=tuple(train)), test_set
+
+
+def from_arrays(
+    states: Sequence[str],
+    ts: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    source: str = "<memory>",
+) -> TrajectorySet:
+    """Build a validated `TrajectorySet` from arrays (one entry per trajectory)."""
+    names = list(names) if names is not None else [str(i) for i in range(len(ts))]
+    trajs = []
+    for name, t, y in zip(names, ts, ys, strict=True):
+        t = np.asarray(t, dtype=float)
+        y = np.asarray(y, dtype=float).reshape(len(t), len(states))
+        _check_times(t, source, name, row_offset=0, rows=None)
+        trajs.append(Trajectory(str(name), t, y))
+    return TrajectorySet(tuple(states), tuple(trajs), source)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a CSV or Parquet file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: file is empty")
+        head = path.open("rb").read(4096)
+        if b"\x00" in head:
+            raise DataError(f"{path}: not a text CSV file (binary content)")
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.start < len(head) - 4:  # not just a multi-byte char cut at the 4 KiB edge
+                raise DataError(
+                    f"{path}: not UTF-8 text (byte {err.start}); save the CSV as UTF-8"
+                ) from None
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except DataError:
+        raise
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason}); save the CSV as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file has no columns (empty or blank)") from None
+    except pd.errors.ParserError as err:
+        msg = str(err).strip().splitlines()[0]
+        raise DataError(f"{path}: cannot be read as CSV: {msg}") from None
+    except Exception as err:  # pyarrow and friends raise many types for corrupt files
+        kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
+        raise DataError(f"{path}: cannot be read as {kind}: {err}") from None
+
+
+def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
+    raw = df[col]
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw):
+        text = raw.astype(str).str.strip()
+        missing = (text == "") | text.str.lower().isin(["nan", "na", "n/a", "null", "none"])
+        if missing.any():
+            row = int(np.argmax(missing.to_numpy())) + 1
+            raise DataError(f"{path}: column {col!r}, row {row}: missing value (empty or NaN)")
+        values = pd.to_numeric(text, errors="coerce")
+        bad = values.isna().to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad)) + 1
+            raise DataError(
+                f"{path}: column {col!r}, row {row}: non-numeric value {text.iloc[row - 1]!r}"
+            )
+        values = values.to_numpy(dtype=float)
+    else:
+        if pd.api.types.is_bool_dtype(raw) or not pd.api.types.is_numeric_dtype(raw):
+            raise DataError(f"{path}: column {col!r}: not numeric (dtype {raw.dtype})")
+        values = raw.to_numpy(dtype=float)
+        nan = np.isnan(values)
+        if nan.any():
+            row = int(np.argmax(nan)) + 1
+            raise DataError(f"{path}: column {col!r}, row {row}: missing value (NaN)")
+    bad = ~np.isfinite(values) | (np.abs(values) > _MAX_ABS)
+    if bad.any():
+        row = int(np.argmax(bad)) + 1
+        raise DataError(
+            f"{path}: column {col!r}, row {row}: value {values[row - 1]!r} is not a finite "
+            f"number of usable size (|value| must be below {_MAX_ABS:g})"
+        )
+    return values
+
+
+def _check_times(t: np.ndarray, source, name, row_offset: int, rows: np.ndarray | None) -> None:
+    label = f"trajectory {name!r}"
+    if len(t) < MIN_POINTS:
+        raise DataError(
+            f"{source}: {label} has {len(t)} point(s); at least {MIN_POINTS} are needed"
+        )
+    dt = np.diff(t)
+    bad = dt <= 0
+    if bad.any():
+        k = int(np.argmax(bad)) + 1
+        row = int(rows[k]) if rows is not None else k + 1
+        what = "duplicate" if dt[k - 1] == 0 else "unsorted (decreasing)"
+        raise DataError(
+            f"{source}: {label}, row {row + row_offset}: {what} time {t[k]!r} after {t[k - 1]!r}"
+            "; times must increase within a trajectory"
+        )
+
+
+def load_trajectories(
+    path: str | os.PathLike[str],
+    states: Sequence[str],
+    *,
+    time: str = "t",
+    trajectory: str = "trajectory",
+) -> TrajectorySet:
+    """Load and validate long-form trajectory data from CSV or Parquet.
+
+    **Arguments:**
+    - `path`: the data file.
+    - `states`: the state columns, in the model's order.
+    - `time`: the time column's name.
+    - `trajectory`: the trajectory id column; optional in the file (one trajectory if absent).
+
+    **Raises** `DataError` naming the file, column and row of the first problem found.
+    """
+    path = Path(path)
+    df = _read_table(path)
+    df.columns = [str(c).strip() for c in df.columns]
+    if len(df) == 0:
+        raise DataError(f"{path}: no data rows (only a header)")
+    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if dupes:
+        raise DataError(f"{path}: duplicate column name(s) {dupes}")
+    missing = [c for c in [time, *states] if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing}; found {list(df.columns)} "
+            f"(states come from the model file, the time column from [data] time)"
+        )
+    t_all = _numeric_column(df, time, path)
+    y_all = np.stack([_numeric_column(df, s, path) for s in states], axis=1)
+    if trajectory in df.columns:
+        ids = df[trajectory].astype(str).str.strip().to_numpy()
+        if (ids == "").any():
+            row = int(np.argmax(ids == "")) + 1
+            raise DataError(f"{path}: column {trajectory!r}, row {row}: missing trajectory id")
+    else:
+        ids = np.full(len(df), "0", dtype=object)
+    order = list(dict.fromkeys(ids.tolist()))  # first appearance
+    trajs = []
+    for name in order:
+        rows = np.flatnonzero(ids == name)
+        t = t_all[rows]
+        _check_times(t, path, name, row_offset=1, rows=rows)
+        trajs.append(Trajectory(str(name), t, y_all[rows]))
+    return TrajectorySet(tuple(states), tuple(trajs), str(path))

@@ -1,0 +1,211 @@
+"""Safe mathematics: text -> SymPy expression -> JAX function. Never `eval`, never `sympify`.
+
+Text is parsed by Python's own parser into a syntax tree (parsing runs no code), and the tree
+is walked with a whitelist: numbers, the allowed names, `+ - * / ** ^`, unary minus and calls
+of whitelisted functions. Anything else (attributes, subscripts, strings, lambdas, comparisons,
+keyword arguments, ...) is refused with the column where it starts. Purely numeric
+sub-expressions are folded in floating point with overflow checks, so `9**9**9` cannot hang.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Mapping
+
+import jax.numpy as jnp
+import sympy as sp
+
+from ._errors import ModelFileError
+
+MAX_CHARS = 10_000
+MAX_NODES = 2_000
+MAX_DEPTH = 64
+
+FUNCTIONS: dict[str, tuple[Callable, int]] = {
+    "exp": (sp.exp, 1),
+    "log": (sp.log, 1),
+    "sin": (sp.sin, 1),
+    "cos": (sp.cos, 1),
+    "tan": (sp.tan, 1),
+    "tanh": (sp.tanh, 1),
+    "sinh": (sp.sinh, 1),
+    "cosh": (sp.cosh, 1),
+    "sqrt": (sp.sqrt, 1),
+    "abs": (sp.Abs, 1),
+    "sign": (sp.sign, 1),
+    "min": (sp.Min, 2),
+    "max": (sp.Max, 2),
+}
+CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "E": sp.E}
+RESERVED = frozenset(FUNCTIONS) | frozenset(CONSTANTS) | {"t"}
+
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a**b,
+    ast.BitXor: lambda a, b: a**b,  # "^" is power in a model file
+}
+_OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+
+
+def _fold(op: type, a: sp.Expr, b: sp.Expr, where: str) -> sp.Expr:
+    """Numeric op on two numbers, in float, refusing overflow and division by zero."""
+    x, y = float(a), float(b)
+    try:
+        if op in (ast.Pow, ast.BitXor):
+            value = math.pow(x, y)
+        else:
+            value = {ast.Add: x + y, ast.Sub: x - y, ast.Mult: x * y}.get(op)
+            if op is ast.Div:
+                value = x / y
+    except ZeroDivisionError:
+        raise ModelFileError(f"{where}: division by zero") from None
+    except (OverflowError, ValueError):
+        raise ModelFileError(f"{where}: constant arithmetic overflows or is undefined") from None
+    if not math.isfinite(value):
+        raise ModelFileError(f"{where}: constant arithmetic overflows")
+    return sp.Integer(int(value)) if value.is_integer() and abs(value) < 2**53 else sp.Float(value)
+
+
+def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str) -> sp.Expr:
+    """Parse `text` into a SymPy expression over `symbols` (name -> Symbol).
+
+    `where` names the place in the model file for error messages, e.g. `model.equations.x`.
+    """
+    if not isinstance(text, str):
+        raise ModelFileError(f"{where}: expected a string expression, got {type(text).__name__}")
+    if len(text) > MAX_CHARS:
+        raise ModelFileError(f"{where}: expression is {len(text)} characters (max {MAX_CHARS})")
+    if not text.strip():
+        raise ModelFileError(f'{where}: empty expression (write "0" when nothing is known)')
+    if text.count("(") > MAX_DEPTH:
+        raise ModelFileError(f"{where}: expression nested too deeply (max {MAX_DEPTH} levels)")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        col = f" at column {err.offset}" if err.offset else ""
+        raise ModelFileError(f"{where}: syntax error{col}: {err.msg} in {text!r}") from None
+    except (RecursionError, MemoryError, ValueError) as err:
+        raise ModelFileError(f"{where}: expression cannot be parsed ({err})") from None
+    n_nodes = sum(1 for _ in ast.walk(tree))
+    if n_nodes > MAX_NODES:
+        raise ModelFileError(f"{where}: expression too large ({n_nodes} nodes, max {MAX_NODES})")
+
+    def fail(node: ast.AST, what: str) -> ModelFileError:
+        col = getattr(node, "col_offset", None)
+        at = f" at column {col + 1}" if col is not None else ""
+        return ModelFileError(f"{where}: {what}{at} in {text!r}")
+
+    def walk(node: ast.AST, depth: int) -> sp.Expr:
+        if depth > MAX_DEPTH:
+            raise fail(node, f"expression nested too deeply (max {MAX_DEPTH} levels)")
+        if isinstance(node, ast.Expression):
+            return walk(node.body, depth + 1)
+        if isinstance(node, ast.Constant):
+            v = node.value
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise fail(node, f"only numbers are allowed as literals, not {v!r}")
+            if not math.isfinite(float(v)):
+                raise fail(node, f"number {v!r} is not finite")
+            return sp.Integer(v) if isinstance(v, int) else sp.Float(v)
+        if isinstance(node, ast.Name):
+            if node.id in symbols:
+                return symbols[node.id]
+            if node.id in CONSTANTS:
+                return CONSTANTS[node.id]
+            if node.id in FUNCTIONS:
+                raise fail(node, f"function {node.id!r} used without arguments")
+            known = ", ".join(sorted(symbols)) or "none"
+            raise fail(node, f"unknown symbol {node.id!r} (known: {known})")
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            operand = walk(node.operand, depth + 1)
+            return -operand if isinstance(node.op, ast.USub) else operand
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            a, b = walk(node.left, depth + 1), walk(node.right, depth + 1)
+            if a.is_number and b.is_number:
+                return _fold(type(node.op), a, b, where)
+            if isinstance(node.op, ast.Pow | ast.BitXor) and b.is_number and abs(float(b)) > 64:
+                raise fail(node, f"exponent {b} too large (max 64)")
+            return _BINOPS[type(node.op)](a, b)
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+                name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+                allowed = ", ".join(sorted(FUNCTIONS))
+                raise fail(node, f"function {name!r} is not allowed (allowed: {allowed})")
+            if node.keywords:
+                raise fail(node, "keyword arguments are not allowed")
+            func, arity = FUNCTIONS[node.func.id]
+            if len(node.args) != arity:
+                raise fail(
+                    node, f"{node.func.id}() takes {arity} argument(s), got {len(node.args)}"
+                )
+            args = [walk(a, depth + 1) for a in node.args]
+            value = func(*args)
+            if value.is_number and not value.is_finite:
+                raise fail(node, f"{node.func.id}() of these constants is not finite")
+            return value
+        kind = type(node).__name__
+        if isinstance(node, ast.BinOp | ast.UnaryOp):
+            kind = f"operator {type(node.op).__name__}"
+        raise fail(node, f"{kind} is not allowed (only numbers, names, + - * / ** ^ and functions)")
+
+    try:
+        expr = walk(tree, 0)
+    except RecursionError:
+        raise ModelFileError(f"{where}: expression nested too deeply") from None
+    if expr.is_number and not expr.is_finite:
+        raise ModelFileError(f"{where}: expression is not finite")
+    return expr
+
+
+# --- SymPy -> JAX ---------------------------------------------------------------------------
+
+_JAX_FUNCS: dict[type, Callable] = {
+    sp.exp: jnp.exp,
+    sp.log: jnp.log,
+    sp.sin: jnp.sin,
+    sp.cos: jnp.cos,
+    sp.tan: jnp.tan,
+    sp.tanh: jnp.tanh,
+    sp.sinh: jnp.sinh,
+    sp.cosh: jnp.cosh,
+    sp.Abs: jnp.abs,
+    sp.sign: jnp.sign,
+}
+
+
+def evaluate(expr: sp.Expr, values: Mapping[sp.Symbol, jnp.ndarray]) -> jnp.ndarray:
+    """Evaluate a SymPy expression with JAX operations (traced once under `jit`)."""
+    if expr.is_Symbol:
+        return values[expr]
+    if expr.is_Number or expr.is_NumberSymbol:
+        return jnp.asarray(float(expr))
+    args = [evaluate(a, values) for a in expr.args]
+    if isinstance(expr, sp.Add):
+        out = args[0]
+        for a in args[1:]:
+            out = out + a
+        return out
+    if isinstance(expr, sp.Mul):
+        out = args[0]
+        for a in args[1:]:
+            out = out * a
+        return out
+    if isinstance(expr, sp.Pow):
+        base, exponent = expr.args
+        if exponent.is_Integer:
+            return args[0] ** int(exponent)
+        if exponent == sp.Rational(1, 2):
+            return jnp.sqrt(args[0])
+        return jnp.power(args[0], args[1])
+    if isinstance(expr, sp.Min):
+        return jnp.minimum(*args) if len(args) == 2 else jnp.min(jnp.stack(args), axis=0)
+    if isinstance(expr, sp.Max):
+        return jnp.maximum(*args) if len(args) == 2 else jnp.max(jnp.stack(args), axis=0)
+    for cls, fn in _JAX_FUNCS.items():
+        if isinstance(expr, cls):
+            return fn(*args)
+    raise NotImplementedError(f"no JAX translation for {type(expr).__name__}: {expr}")

@@ -1,0 +1,282 @@
+"""The model file (DESIGN §3): states, parameters, known equations, residual states.
+
+A `MechanisticModel` holds the equations as SymPy expressions (for printing, inlining fitted
+numbers and adding discovered terms) and evaluates them with JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import sympy as sp
+
+from ._errors import ModelFileError
+from ._expr import RESERVED, evaluate, parse_expression
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_MODEL_BYTES = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MechanisticModel:
+    """States, parameters and one right-hand side per state.
+
+    **Fields:**
+    - `states`: state names, in the order of the data columns.
+    - `parameters`: parameter names.
+    - `guesses`: initial guesses (or known values), one per parameter.
+    - `fixed`: which parameters are known and not fitted.
+    - `equations`: one SymPy right-hand side per state, over states, parameters and `t`.
+    - `residual_states`: states whose equation gets a neural residual term.
+    - `time_column`, `trajectory_column`: data column names.
+    """
+
+    states: tuple[str, ...]
+    parameters: tuple[str, ...]
+    guesses: tuple[float, ...]
+    fixed: tuple[bool, ...]
+    equations: tuple[sp.Expr, ...]
+    residual_states: tuple[str, ...] = ()
+    time_column: str = "t"
+    trajectory_column: str = "trajectory"
+    source: str = "<memory>"
+
+    def __post_init__(self):
+        n = len(self.parameters)
+        if not (len(self.guesses) == len(self.fixed) == n):
+            raise ValueError("parameters, guesses and fixed must have the same length")
+        if len(self.equations) != len(self.states):
+            raise ValueError("one equation per state")
+
+    # -- symbols --------------------------------------------------------------------------
+    @property
+    def state_symbols(self) -> tuple[sp.Symbol, ...]:
+        return tuple(sp.Symbol(s, real=True) for s in self.states)
+
+    @property
+    def parameter_symbols(self) -> tuple[sp.Symbol, ...]:
+        return tuple(sp.Symbol(p, real=True) for p in self.parameters)
+
+    @property
+    def time_symbol(self) -> sp.Symbol:
+        return sp.Symbol("t", real=True)
+
+    def symbol_table(self) -> dict[str, sp.Symbol]:
+        table = {s.name: s for s in self.state_symbols + self.parameter_symbols}
+        table["t"] = self.time_symbol
+        return table
+
+    @property
+    def residual_index(self) -> tuple[int, ...]:
+        return tuple(self.states.index(s) for s in self.residual_states)
+
+    @property
+    def free_index(self) -> tuple[int, ...]:
+        return tuple(i for i, f in enumerate(self.fixed) if not f)
+
+    # -- evaluation -----------------------------------------------------------------------
+    def vector_field(self, t, y, p):
+        """dy/dt of the declared equations: `y` (D,), `p` (P,) -> (D,)."""
+        values = {self.time_symbol: t}
+        values.update(zip(self.state_symbols, [y[i] for i in range(len(self.states))]))
+        values.update(zip(self.parameter_symbols, [p[i] for i in range(len(self.parameters))]))
+        out = [jnp.broadcast_to(evaluate(eq, values), jnp.shape(t)) for eq in self.equations]
+        return jnp.stack(out).astype(y.dtype)
+
+    # -- printing -------------------------------------------------------------------------
+    def inlined(self, values: Sequence[float], digits: int = 6) -> dict[str, str]:
+        """Equations with parameter values substituted, as SymPy-parsable strings."""
+        subs = {
+            s: sp.Float(float(v), digits)
+            for s, v in zip(self.parameter_symbols, values, strict=True)
+        }
+        return {
+            name: str(sp.expand(eq.xreplace(subs)))
+            for name, eq in zip(self.states, self.equations, strict=True)
+        }
+
+    def with_equations(
+        self,
+        equations: Sequence[sp.Expr],
+        parameters: Sequence[str],
+        guesses: Sequence[float],
+        fixed: Sequence[bool] | None = None,
+    ) -> MechanisticModel:
+        """A copy with other equations and parameters (used when discovered terms are added)."""
+        fixed = tuple(fixed) if fixed is not None else (False,) * len(parameters)
+        return dataclasses.replace(
+            self,
+            equations=tuple(equations),
+            parameters=tuple(parameters),
+            guesses=tuple(float(g) for g in guesses),
+            fixed=fixed,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "states": list(self.states),
+            "parameters": dict(zip(self.parameters, self.guesses, strict=True)),
+            "fixed": [p for p, f in zip(self.parameters, self.fixed, strict=True) if f],
+            "equations": {s: str(e) for s, e in zip(self.states, self.equations, strict=True)},
+            "residual": list(self.residual_states),
+        }
+
+
+def _check_name(name: Any, where: str, kind: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ModelFileError(f"{where}: {kind} name {name!r} is not a valid identifier")
+    if name in RESERVED:
+        raise ModelFileError(
+            f"{where}: {kind} name {name!r} is reserved (function, constant or time `t`)"
+        )
+    return name
+
+
+def _finite_number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ModelFileError(f"{where}: expected a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or abs(value) > 1e100:
+        raise ModelFileError(f"{where}: {value!r} is not a usable finite number")
+    return value
+
+
+def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> MechanisticModel:
+    """Build and validate a model from a parsed TOML document."""
+    allowed_top = {"model", "residual", "data"}
+    unknown = sorted(set(doc) - allowed_top)
+    if unknown:
+        raise ModelFileError(
+            f"{source}: unknown section(s) {unknown}; allowed: model, residual, data"
+        )
+    model = doc.get("model")
+    if not isinstance(model, Mapping):
+        raise ModelFileError(f"{source}: missing [model] section")
+    unknown = sorted(set(model) - {"states", "parameters", "equations"})
+    if unknown:
+        raise ModelFileError(f"{source}: [model] has unknown key(s) {unknown}")
+
+    states = model.get("states")
+    if not isinstance(states, list) or not states:
+        raise ModelFileError(f"{source}: model.states must be a non-empty list of names")
+    states = [_check_name(s, f"{source}: model.states", "state") for s in states]
+    if len(set(states)) != len(states):
+        raise ModelFileError(f"{source}: model.states has duplicates: {states}")
+
+    raw_params = model.get("parameters", {})
+    if not isinstance(raw_params, Mapping):
+        raise ModelFileError(f"{source}: [model.parameters] must be a table of name = number")
+    names, guesses, fixed = [], [], []
+    for name, spec in raw_params.items():
+        where = f"{source}: model.parameters.{name}"
+        _check_name(name, where, "parameter")
+        if name in states:
+            raise ModelFileError(f"{where}: parameter has the same name as a state")
+        if isinstance(spec, Mapping):
+            unknown = sorted(set(spec) - {"value", "fixed"})
+            if unknown or "value" not in spec:
+                raise ModelFileError(
+                    f"{where}: a parameter table takes `value` and optional `fixed`"
+                    f" (got keys {sorted(spec)})"
+                )
+            is_fixed = spec.get("fixed", False)
+            if not isinstance(is_fixed, bool):
+                raise ModelFileError(f"{where}.fixed: expected true or false")
+            value = _finite_number(spec["value"], f"{where}.value")
+        else:
+            value, is_fixed = _finite_number(spec, where), False
+        names.append(name)
+        guesses.append(value)
+        fixed.append(is_fixed)
+
+    table = {s: sp.Symbol(s, real=True) for s in [*states, *names]}
+    table["t"] = sp.Symbol("t", real=True)
+    raw_eqs = model.get("equations")
+    if not isinstance(raw_eqs, Mapping):
+        raise ModelFileError(f"{source}: missing [model.equations] table (one per state)")
+    extra = sorted(set(raw_eqs) - set(states))
+    if extra:
+        raise ModelFileError(
+            f"{source}: model.equations has equation(s) for unknown state(s) {extra}"
+        )
+    missing = [s for s in states if s not in raw_eqs]
+    if missing:
+        raise ModelFileError(
+            f"{source}: model.equations: state(s) {missing} have no equation"
+            ' (write "0" when nothing is known)'
+        )
+    equations = [
+        parse_expression(raw_eqs[s], table, where=f"{source}: model.equations.{s}") for s in states
+    ]
+
+    residual = doc.get("residual", {})
+    if not isinstance(residual, Mapping):
+        raise ModelFileError(f"{source}: [residual] must be a table")
+    unknown = sorted(set(residual) - {"states"})
+    if unknown:
+        raise ModelFileError(f"{source}: [residual] has unknown key(s) {unknown}")
+    res_states = residual.get("states", [])
+    if not isinstance(res_states, list):
+        raise ModelFileError(f"{source}: residual.states must be a list of state names")
+    for s in res_states:
+        if s not in states:
+            raise ModelFileError(
+                f"{source}: residual.states: {s!r} is not a state (states: {states})"
+            )
+    if len(set(res_states)) != len(res_states):
+        raise ModelFileError(f"{source}: residual.states has duplicates")
+
+    data = doc.get("data", {})
+    if not isinstance(data, Mapping):
+        raise ModelFileError(f"{source}: [data] must be a table")
+    unknown = sorted(set(data) - {"time", "trajectory"})
+    if unknown:
+        raise ModelFileError(f"{source}: [data] has unknown key(s) {unknown}")
+    for key in ("time", "trajectory"):
+        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
+            raise ModelFileError(f"{source}: data.{key} must be a column name")
+
+    return MechanisticModel(
+        states=tuple(states),
+        parameters=tuple(names),
+        guesses=tuple(guesses),
+        fixed=tuple(fixed),
+        equations=tuple(equations),
+        residual_states=tuple(s for s in states if s in res_states),
+        time_column=data.get("time", "t"),
+        trajectory_column=data.get("trajectory", "trajectory"),
+        source=source,
+    )
+
+
+def load_model(path: str | os.PathLike[str]) -> MechanisticModel:
+    """Read and validate a TOML model file. Raises `ModelFileError` naming the file and key."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, expected a TOML model file")
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise ModelFileError(f"{path}: model file larger than {MAX_MODEL_BYTES} bytes")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ModelFileError(f"{path}: file is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelFileError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ModelFileError(f"{path}: TOML syntax error: {err}") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: TOML nested too deeply") from None
+    return model_from_dict(doc, source=str(path))
