@@ -1,0 +1,192 @@
+"""SINDy: sparse regression on a library of candidate terms (PySINDy's libraries and STLSQ)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pysindy as ps
+import sympy as sp
+
+from .._errors import InputError
+from ._base import SymbolicEngine
+from ._parse import FormulaParseError, parse_library_name
+from ._table import candidates_table, feature_symbols
+
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.geomspace(1e-3, 1.0, 31))
+
+SINDY_COLUMNS: tuple[str, ...] = ("terms", "coefficients", "coef_std", "inclusion", "threshold")
+
+
+def library_terms(library: Any, feature_names: Sequence[str]) -> list[sp.Expr]:
+    """SymPy expressions of a fitted PySINDy library's terms, in column order."""
+    symbols = dict(zip(feature_names, feature_symbols(feature_names)))
+    terms = []
+    for name in library.get_feature_names(list(feature_names)):
+        try:
+            terms.append(parse_library_name(name, symbols))
+        except FormulaParseError as err:
+            raise InputError(
+                f"SINDy library term {name!r} is not a formula in {list(feature_names)}: give "
+                "the library function_names that print mathematics, e.g. "
+                "lambda x: f'exp({x})'"
+            ) from err
+    return terms
+
+
+def stlsq_support(theta: np.ndarray, y: np.ndarray, threshold: float, alpha: float) -> np.ndarray:
+    """Boolean support of PySINDy's STLSQ at `threshold` on (already scaled) theta, y."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = ps.STLSQ(threshold=threshold, alpha=alpha, max_iter=50, unbias=False)
+        optimizer.fit(theta, y)
+    return np.asarray(optimizer.coef_).ravel() != 0
+
+
+def least_squares(theta: np.ndarray, y: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Least-squares coefficients on the support, zeros elsewhere."""
+    coef = np.zeros(theta.shape[1])
+    coef[support] = np.linalg.lstsq(theta[:, support], y, rcond=None)[0]
+    return coef
+
+
+def threshold_sweep(
+    theta: np.ndarray, y: np.ndarray, thresholds: Sequence[float], alpha: float
+) -> list[tuple[np.ndarray, float]]:
+    """Distinct non-empty STLSQ supports over `thresholds`, each with a representative threshold.
+
+    Columns of theta and y are scaled to unit root-mean-square first, so a threshold reads as
+    "terms contributing less than this fraction of y's size are cut", whatever the units. The
+    representative threshold is the geometric middle of the thresholds that gave the support.
+    """
+    theta_scale = np.sqrt(np.mean(theta**2, axis=0))
+    theta_scale[theta_scale == 0] = 1.0
+    y_scale = float(np.sqrt(np.mean(y**2))) or 1.0
+    theta_s, y_s = theta / theta_scale, y / y_scale
+    found: dict[bytes, tuple[np.ndarray, list[float]]] = {}
+    for threshold in sorted(thresholds):
+        support = stlsq_support(theta_s, y_s, threshold, alpha)
+        if support.any():
+            found.setdefault(support.tobytes(), (support, []))[1].append(threshold)
+    return [(support, float(np.sqrt(ts[0] * ts[-1]))) for support, ts in found.values()]
+
+
+def bootstrap_coefficients(
+    theta: np.ndarray,
+    y: np.ndarray,
+    support: np.ndarray,
+    threshold: float,
+    alpha: float,
+    n_bootstrap: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, float]:
+    """Bagging on the support: std of the least-squares coefficients over bootstrap resamples,
+    and the fraction of resamples on which STLSQ at `threshold` selects exactly this support."""
+    n = theta.shape[0]
+    theta_scale = np.sqrt(np.mean(theta**2, axis=0))
+    theta_scale[theta_scale == 0] = 1.0
+    coefs = np.empty((n_bootstrap, theta.shape[1]))
+    hits = 0
+    for b in range(n_bootstrap):
+        rows = rng.integers(0, n, size=n)
+        theta_b, y_b = theta[rows], y[rows]
+        coefs[b] = least_squares(theta_b, y_b, support)
+        y_scale = float(np.sqrt(np.mean(y_b**2))) or 1.0
+        found = stlsq_support(theta_b / theta_scale, y_b / y_scale, threshold, alpha)
+        hits += bool(np.array_equal(found, support))
+    std = coefs.std(axis=0, ddof=1) if n_bootstrap > 1 else np.zeros(theta.shape[1])
+    return std, hits / max(n_bootstrap, 1)
+
+
+class SINDyEngine(SymbolicEngine):
+    """Sparse identification on a PySINDy library, with a threshold sweep and bagging.
+
+    The library is a polynomial one of `degree` (with a constant), plus `extra_library` when
+    given (any PySINDy feature library, e.g. `ps.CustomLibrary` or `ps.FourierLibrary`, whose
+    term names are formulas). STLSQ runs over `thresholds` on unit-scaled columns; each distinct
+    sparsity pattern is one candidate, refitted by least squares on its support in the original
+    units. `n_bootstrap` resamples of the rows give each coefficient a standard deviation and
+    each candidate an inclusion frequency (how often STLSQ picks exactly its terms).
+
+    Fitted attributes: `equations_` (with extra columns `terms`, `coefficients`, `coef_std`,
+    `inclusion`, `threshold`), `library_terms_` (sympy terms, in column order), `coef_` and
+    `coef_std_` (arrays (n_candidates, n_terms), rows matching `equations_`), `library_`.
+    """
+
+    name = "sindy"
+
+    def __init__(
+        self,
+        degree: int = 3,
+        extra_library: Any = None,
+        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+        alpha: float = 1e-6,
+        n_bootstrap: int = 30,
+        significant_digits: int = 4,
+        random_state: int | None = 0,
+    ):
+        self.degree = degree
+        self.extra_library = extra_library
+        self.thresholds = thresholds
+        self.alpha = alpha
+        self.n_bootstrap = n_bootstrap
+        self.significant_digits = significant_digits
+        self.random_state = random_state
+
+    def _make_library(self) -> Any:
+        library = ps.PolynomialLibrary(degree=self.degree, include_bias=True)
+        if self.extra_library is not None:
+            library = ps.ConcatLibrary([library, self.extra_library])
+        return library
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, feature_names: list[str]) -> pd.DataFrame:
+        if int(self.degree) < 1:
+            raise InputError(f"SINDy degree must be at least 1; got {self.degree}")
+        if self.n_bootstrap < 0:
+            raise InputError(f"n_bootstrap must be >= 0; got {self.n_bootstrap}")
+        library = self._make_library()
+        library.fit(X)
+        theta = np.asarray(library.transform(X), dtype=float)
+        terms = library_terms(library, feature_names)
+        term_names = [str(t) for t in terms]
+        rng = np.random.default_rng(self.random_state)
+        symbols = feature_symbols(feature_names)
+
+        candidates = []
+        for support, threshold in threshold_sweep(theta, y, self.thresholds, self.alpha):
+            coef = least_squares(theta, y, support)
+            if self.n_bootstrap > 0:
+                std, inclusion = bootstrap_coefficients(
+                    theta, y, support, threshold, self.alpha, self.n_bootstrap, rng
+                )
+            else:
+                std, inclusion = np.full(theta.shape[1], np.nan), np.nan
+            expr = sp.Add(*(sp.Float(coef[i]) * terms[i] for i in np.flatnonzero(support)))
+            extra = {
+                "terms": [term_names[i] for i in np.flatnonzero(support)],
+                "coefficients": {term_names[i]: float(coef[i]) for i in np.flatnonzero(support)},
+                "coef_std": {term_names[i]: float(std[i]) for i in np.flatnonzero(support)},
+                "inclusion": inclusion,
+                "threshold": threshold,
+                "_coef": coef,
+                "_std": np.where(support, std, 0.0),
+            }
+            candidates.append((expr, extra))
+
+        table = candidates_table(
+            candidates,
+            X,
+            y,
+            symbols,
+            significant_digits=self.significant_digits,
+            drop_tol=0.0,
+            extra_columns=(*SINDY_COLUMNS, "_coef", "_std"),
+        )
+        self.library_ = library
+        self.library_terms_ = terms
+        self.coef_ = np.array(list(table["_coef"])).reshape(len(table), len(terms))
+        self.coef_std_ = np.array(list(table["_std"])).reshape(len(table), len(terms))
+        return table.drop(columns=["_coef", "_std"])
