@@ -28,6 +28,7 @@ from ._base import EngineUnavailable, SymbolicEngine
 from ._parse import FormulaParseError, parse_formula
 from ._table import (
     UnsupportedExpression,
+    canonical_expression,
     check_vocabulary,
     empty_table,
     expression_complexity,
@@ -161,6 +162,7 @@ def table_from_pysr(
     for _, row in equations.iterrows():
         try:
             expr = pysr_expression(row["equation"], feature_names, symbols)
+            expr = canonical_expression(expr, symbols)
             check_vocabulary(expr)
         except (FormulaParseError, UnsupportedExpression) as err:
             warnings.warn(f"PySR candidate {row['equation']!r} left out: {err}", stacklevel=2)

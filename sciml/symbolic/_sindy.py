@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -84,7 +85,8 @@ def bootstrap_coefficients(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, float]:
     """Bagging on the support: std of the least-squares coefficients over bootstrap resamples,
-    and the fraction of resamples on which STLSQ at `threshold` selects exactly this support."""
+    and the fraction of resamples on which STLSQ at `threshold` selects exactly this support
+    (NaN for an infinite threshold: a candidate added by hand, not found by the sweep)."""
     n = theta.shape[0]
     theta_scale = np.sqrt(np.mean(theta**2, axis=0))
     theta_scale[theta_scale == 0] = 1.0
@@ -95,10 +97,12 @@ def bootstrap_coefficients(
         theta_b, y_b = theta[rows], y[rows]
         coefs[b] = least_squares(theta_b, y_b, support)
         y_scale = float(np.sqrt(np.mean(y_b**2))) or 1.0
-        found = stlsq_support(theta_b / theta_scale, y_b / y_scale, threshold, alpha)
-        hits += bool(np.array_equal(found, support))
+        if math.isfinite(threshold):
+            found = stlsq_support(theta_b / theta_scale, y_b / y_scale, threshold, alpha)
+            hits += bool(np.array_equal(found, support))
     std = coefs.std(axis=0, ddof=1) if n_bootstrap > 1 else np.zeros(theta.shape[1])
-    return std, hits / max(n_bootstrap, 1)
+    inclusion = hits / max(n_bootstrap, 1) if math.isfinite(threshold) else math.nan
+    return std, inclusion
 
 
 class SINDyEngine(SymbolicEngine):
@@ -155,8 +159,15 @@ class SINDyEngine(SymbolicEngine):
         rng = np.random.default_rng(self.random_state)
         symbols = feature_symbols(feature_names)
 
+        sweep = threshold_sweep(theta, y, self.thresholds, self.alpha)
+        bias = [i for i, term in enumerate(terms) if term == 1]
+        if bias:  # the constant model heads the front, as in PySR (see candidates_table)
+            constant = np.zeros(len(terms), dtype=bool)
+            constant[bias[0]] = True
+            if not any(np.array_equal(constant, support) for support, _ in sweep):
+                sweep.append((constant, math.inf))
         candidates = []
-        for support, threshold in threshold_sweep(theta, y, self.thresholds, self.alpha):
+        for support, threshold in sweep:
             coef = least_squares(theta, y, support)
             if self.n_bootstrap > 0:
                 std, inclusion = bootstrap_coefficients(
@@ -187,6 +198,11 @@ class SINDyEngine(SymbolicEngine):
         )
         self.library_ = library
         self.library_terms_ = terms
-        self.coef_ = np.array(list(table["_coef"])).reshape(len(table), len(terms))
-        self.coef_std_ = np.array(list(table["_std"])).reshape(len(table), len(terms))
+        missing = np.full(len(terms), np.nan)  # rows not from the sweep (the mean baseline)
+        self.coef_ = np.array(
+            [c if isinstance(c, np.ndarray) else missing for c in table["_coef"]]
+        ).reshape(len(table), len(terms))
+        self.coef_std_ = np.array(
+            [c if isinstance(c, np.ndarray) else missing for c in table["_std"]]
+        ).reshape(len(table), len(terms))
         return table.drop(columns=["_coef", "_std"])

@@ -24,6 +24,8 @@ import pandas as pd
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
+from ._parse import parse_formula
+
 COLUMNS: tuple[str, ...] = ("complexity", "loss", "score", "equation", "sympy_format")
 
 MODEL_SELECTION_RULES: tuple[str, ...] = ("best", "accuracy", "score")
@@ -59,18 +61,36 @@ def check_vocabulary(expr: sp.Expr) -> None:
 
 
 class _EquationPrinter(StrPrinter):
-    """SymPy's str printer with `abs` for `Abs` and shortest round-trip floats."""
+    """SymPy's str printer with `abs` for `Abs` and floats of at most 15 digits."""
 
     def _print_Abs(self, expr: sp.Abs) -> str:
         return f"abs({self._print(expr.args[0])})"
 
     def _print_Float(self, expr: sp.Float) -> str:
-        return repr(float(expr))
+        # 15 significant digits: SymPy and Python both read these back as the same double
+        text = format(float(expr), ".15g")
+        return text if any(c in text for c in ".en") else text + ".0"
 
 
 def format_equation(expr: sp.Expr) -> str:
     """The `equation` string of a formula: SymPy-parsable, `abs` spelt as in model files."""
     return _EquationPrinter().doprint(expr)
+
+
+def canonical_expression(expr: sp.Expr, symbols: Sequence[sp.Symbol]) -> sp.Expr:
+    """The expression as it reads back from its `equation` string.
+
+    SymPy re-evaluates text as it parses (`-0.9*(a + b)*c` distributes the number over the
+    sum), so a table's `sympy_format` is taken from its printed `equation`, repeated until
+    printing and parsing agree.
+    """
+    names = {str(s): s for s in symbols}
+    for _ in range(5):
+        again = parse_formula(format_equation(expr), names)
+        if again == expr:
+            break
+        expr = again
+    return expr
 
 
 def pysr_scores(loss: Sequence[float], complexity: Sequence[int]) -> np.ndarray:
@@ -218,10 +238,8 @@ def drop_negligible_terms(
 
 
 def _pull_scale(add: sp.Add) -> tuple[sp.Expr, sp.Expr]:
-    """Split a float scale off a sum: its constant term becomes 1 (else its first term's factor)."""
-    numbers = [t for t in add.args if t.is_Number]
-    pivot = numbers[0] if numbers else add.args[0]
-    scale = pivot.as_coeff_Mul()[0]
+    """Split a float scale off a sum: its largest numeric factor becomes 1."""
+    scale = max((t.as_coeff_Mul()[0] for t in add.args), key=lambda c: abs(float(c)))
     if not isinstance(scale, sp.Float) or scale == 0:
         return sp.Integer(1), add
     return scale, sp.Add(*(t / scale for t in add.args))
@@ -231,7 +249,7 @@ def normalise_scales(expr: sp.Expr) -> sp.Expr:
     """Move float scales out of sums that are factors, so SymPy merges them into one constant.
 
     Genetic programming leaves redundant scales such as `-2.474*x/(-2.474*y - 2.475)`; pulling
-    the scale out of the denominator gives `1.0*x/(0.9999*y + 1)`. The value is unchanged.
+    the scale out of the denominator gives `0.9999*x/(0.9999*y + 1)`. The value is unchanged.
     """
     if expr.is_Atom:
         return expr
@@ -296,18 +314,23 @@ def candidates_table(
 ) -> pd.DataFrame:
     """Tidy, measure and Pareto-filter candidate formulas into a table.
 
-    `candidates` yields (expression, extra columns) pairs. Formulas outside the vocabulary or
-    not finite on X are left out; duplicates (after tidying) keep their first occurrence.
+    `candidates` yields (expression, extra columns) pairs. The constant model (the mean of y,
+    complexity 1) is always a candidate, as it heads every PySR front: PySR's "best" rule
+    compares each formula with the simpler ones before it, so a front needs that baseline.
+    Formulas outside the vocabulary or not finite on X are left out; duplicates (after
+    tidying) keep their first occurrence.
     """
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for expr, extra in candidates:
+    baseline = (sp.Float(float(np.mean(y))), {})
+    for expr, extra in [*candidates, baseline]:
         tidy = tidy_expression(
             expr, X, y, symbols, significant_digits=significant_digits, drop_tol=drop_tol
         )
         try:
+            tidy = canonical_expression(tidy, symbols)
             check_vocabulary(tidy)
-        except UnsupportedExpression:
+        except (UnsupportedExpression, ValueError):
             continue
         equation = format_equation(tidy)
         loss = mse(tidy, X, y, symbols)
