@@ -1,0 +1,64 @@
+"""An output folder that one run owns at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ._errors import OutputDirError
+
+LOCK = ".sciml.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_directory(path: str | os.PathLike[str], *, clear: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Create `path` if needed and hold it for this process.
+
+    A second run into a folder in use is refused (`OutputDirError`); a lock left by a killed
+    run (its process gone) is taken over. Files named in `clear` are removed on entry, so that a
+    failed re-run never leaves the previous run's results looking like its own.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{path}: exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except OSError as err:
+            if err.errno != errno.EEXIST:
+                raise OutputDirError(f"{path}: cannot write here ({err.strerror})") from None
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid) and pid != os.getpid():
+                raise OutputDirError(
+                    f"{path}: another run (process {pid}) is writing into this folder"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise OutputDirError(f"{path}: cannot take the folder's lock")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        for name in clear:
+            (path / name).unlink(missing_ok=True)
+        yield path
+    finally:
+        lock.unlink(missing_ok=True)

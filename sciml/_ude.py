@@ -1,0 +1,364 @@
+"""Stage 3: the universal differential equation — mechanistic field plus a neural residual.
+
+    dy/dt = f_mech(t, y; p) + P · g_θ(y)
+
+`P` scatters the network's outputs into the equations listed under `[residual]`. Training
+follows the literature's advice: start from the mechanistic fit; fit the network on short
+windows (the first part of every trajectory) growing to the whole series, with Adam; polish
+with L-BFGS; and penalise the network's output so that it is used only where needed.
+Trajectories are batched with `vmap`; many optimiser steps are compiled into one `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._data import TrajectorySet
+from ._errors import NumericalError
+from ._io import atomic_path, write_json
+from ._mechanistic import MechanisticFit
+from ._model import MechanisticModel
+from ._solve import solve
+
+
+class ResidualNetwork(eqx.Module):
+    """A small MLP on standardised states, its outputs scaled to the data's derivatives."""
+
+    mlp: eqx.nn.MLP
+    in_mean: Float[Array, " d"]
+    in_scale: Float[Array, " d"]
+    out_scale: Float[Array, " r"]
+
+    def __init__(
+        self,
+        in_mean: Float[Array, " d"],
+        in_scale: Float[Array, " d"],
+        out_scale: Float[Array, " r"],
+        *,
+        width: int = 32,
+        depth: int = 2,
+        key: PRNGKeyArray,
+    ):
+        d, r = len(in_mean), len(out_scale)
+        mlp = eqx.nn.MLP(d, r, width, depth, activation=jax.nn.gelu, key=key)
+        # Start near zero: the UDE begins as the fitted mechanistic model.
+        last = mlp.layers[-1]
+        mlp = eqx.tree_at(
+            lambda m: (m.layers[-1].weight, m.layers[-1].bias),
+            mlp,
+            (last.weight * 0.1, jnp.zeros_like(last.bias)),
+        )
+        self.mlp = mlp
+        self.in_mean = jnp.asarray(in_mean)
+        self.in_scale = jnp.asarray(in_scale)
+        self.out_scale = jnp.asarray(out_scale)
+
+    def __call__(self, y: Float[Array, " d"]) -> Float[Array, " r"]:
+        mean, scale = jax.lax.stop_gradient((self.in_mean, self.in_scale))
+        return jax.lax.stop_gradient(self.out_scale) * self.mlp((y - mean) / scale)
+
+
+class UDE(eqx.Module):
+    """Mechanistic field + neural residual on the model's residual states."""
+
+    model: MechanisticModel = eqx.field(static=True)
+    params: Float[Array, " p"]
+    network: ResidualNetwork
+
+    def mechanistic_params(self) -> Float[Array, " p"]:
+        fixed = jnp.asarray(self.model.fixed, dtype=bool)
+        return jnp.where(fixed, jax.lax.stop_gradient(self.params), self.params)
+
+    def residual(self, y: Float[Array, " d"]) -> Float[Array, " d"]:
+        """The network's contribution to dy/dt, zero on states without a residual."""
+        idx = jnp.asarray(self.model.residual_index, dtype=int)
+        return jnp.zeros_like(y).at[idx].set(self.network(y).astype(y.dtype))
+
+    def __call__(self, t: Float[Array, ""], y: Float[Array, " d"]) -> Float[Array, " d"]:
+        return self.model.vector_field(t, y, self.mechanistic_params()) + self.residual(y)
+
+
+@dataclasses.dataclass(frozen=True)
+class UDEConfig:
+    """Settings of UDE training (all have defaults that work on the bundled data)."""
+
+    width: int = 32
+    depth: int = 2
+    windows: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # fraction of each trajectory's span
+    adam_steps: int = 1500  # per window
+    learning_rate: float = 3e-3
+    lbfgs_steps: int = 600
+    penalty: float = 1e-4  # weight of mean squared (scaled) network output
+    train_mechanistic: bool = True
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    max_steps: int = 4096
+    chunk: int = 100  # optimiser steps compiled into one call
+
+    def quick(self) -> UDEConfig:
+        return dataclasses.replace(self, adam_steps=200, lbfgs_steps=100)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedUDE:
+    ude: UDE
+    y0: np.ndarray  # (N, D) fitted initial states
+    history: dict[str, list[float]]
+    config: UDEConfig
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        with atomic_path(folder / "ude.eqx") as tmp:
+            eqx.tree_serialise_leaves(tmp, (self.ude, jnp.asarray(self.y0)))
+        write_json(
+            folder / "ude.json",
+            {
+                "config": dataclasses.asdict(self.config),
+                "model": self.ude.model.describe(),
+                "parameters": dict(
+                    zip(self.ude.model.parameters, np.asarray(self.ude.params).tolist())
+                ),
+                "n_trajectories": int(self.y0.shape[0]),
+            },
+        )
+
+
+def _derivative_scale(data: TrajectorySet) -> np.ndarray:
+    slopes = [np.diff(tr.y, axis=0) / np.diff(tr.t)[:, None] for tr in data.trajectories]
+    s = np.std(np.concatenate(slopes), axis=0)
+    return np.where(s > 1e-12, s, 1.0)
+
+
+def init_ude(
+    model: MechanisticModel,
+    params: Sequence[float],
+    data: TrajectorySet,
+    *,
+    width: int = 32,
+    depth: int = 2,
+    key: PRNGKeyArray,
+) -> UDE:
+    """A UDE whose mechanistic part starts at `params`, its network scaled to `data`."""
+    allys = np.concatenate([tr.y for tr in data.trajectories])
+    out_scale = _derivative_scale(data)[list(model.residual_index)]
+    net = ResidualNetwork(
+        allys.mean(0),
+        np.where(allys.std(0) > 1e-12, allys.std(0), 1.0),
+        out_scale,
+        width=width,
+        depth=depth,
+        key=key,
+    )
+    return UDE(model, jnp.asarray(params, dtype=jnp.float64), net)
+
+
+def _windowed(ts, mask, fraction):
+    span = ts[:, -1:] - ts[:, :1]
+    end = ts[:, :1] + fraction * span
+    keep = (ts <= end + 1e-12) & (mask > 0)
+    # Times past the window repeat the window's last time: the solve stops there.
+    last = jnp.max(jnp.where(keep, ts, -jnp.inf), axis=1, keepdims=True)
+    return jnp.minimum(ts, last), mask * keep
+
+
+def _make_loss(static, ts, ys, mask, scale, config: UDEConfig):
+    def loss(trainable):
+        ude, y0s = eqx.combine(trainable, static)
+
+        def one(y0, t):
+            return solve(
+                ude, y0, t, rtol=config.rtol, atol=config.atol, max_steps=config.max_steps
+            )[:2]
+
+        pred, ok = jax.vmap(one)(y0s, ts)
+        err = jnp.where(mask[..., None] > 0, (pred - ys) / scale, 0.0)
+        fit = jnp.sum(err**2) / (jnp.sum(mask) * ys.shape[-1])
+        safe = jnp.where(jnp.isfinite(pred), pred, ys)
+        out = jax.vmap(jax.vmap(ude.network))(safe) / ude.network.out_scale
+        reg = jnp.sum(mask[..., None] * out**2) / (jnp.sum(mask) * out.shape[-1])
+        value = fit + config.penalty * reg
+        return jnp.where(jnp.all(ok), value, jnp.inf)
+
+    return loss
+
+
+@eqx.filter_jit
+def _adam_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer, config, n):
+    loss = _make_loss(static, ts, ys, mask, scale, config)
+
+    def step(carry, _):
+        params, state = carry
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, new_state = optimizer.update(grads, state, params)
+        new_params = eqx.apply_updates(params, updates)
+        good = jnp.isfinite(value)  # a failed solve leaves the parameters where they were
+        params, state = jax.tree.map(
+            lambda a, b: jnp.where(good, a, b), (new_params, new_state), (params, state)
+        )
+        return (params, state), value
+
+    (trainable, opt_state), values = jax.lax.scan(step, (trainable, opt_state), None, length=n)
+    return trainable, opt_state, values
+
+
+@eqx.filter_jit
+def _lbfgs_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer, config, n):
+    loss = _make_loss(static, ts, ys, mask, scale, config)
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(carry, _):
+        params, state = carry
+        value, grads = value_and_grad(params, state=state)
+        updates, state = optimizer.update(
+            grads, state, params, value=value, grad=grads, value_fn=loss
+        )
+        return (optax.apply_updates(params, updates), state), value
+
+    (trainable, opt_state), values = jax.lax.scan(step, (trainable, opt_state), None, length=n)
+    return trainable, opt_state, values
+
+
+def train_ude(
+    fit: MechanisticFit,
+    data: TrajectorySet,
+    *,
+    key: PRNGKeyArray,
+    config: UDEConfig = UDEConfig(),
+    optimizer: optax.GradientTransformation | None = None,
+    progress: Callable[[str, int, int, float], None] | None = None,
+) -> TrainedUDE:
+    """Train a UDE on `data`, starting from the mechanistic fit `fit`.
+
+    **Arguments:**
+    - `fit`: the mechanistic stage's result (parameters and initial states).
+    - `data`: the trajectories.
+    - `key`: initialises the network (keyword-only).
+    - `config`: windows, steps, penalty, tolerances.
+    - `optimizer`: the first-order optimiser for the windowed stage (default Adam).
+    - `progress`: called as `progress(stage, step, total, loss)` after every chunk.
+    """
+    model = fit.model
+    if not model.residual_states:
+        raise ValueError("the model declares no [residual] states: nothing to train")
+    ude = init_ude(model, fit.params, data, width=config.width, depth=config.depth, key=key)
+    ts, ys, mask = (jnp.asarray(a) for a in data.padded())
+    scale = jnp.asarray(data.state_scale())
+    y0s = jnp.asarray(fit.y0)
+
+    def is_trainable(leaf):
+        return eqx.is_inexact_array(leaf)
+
+    filter_spec = jax.tree.map(is_trainable, (ude, y0s))
+    if not config.train_mechanistic:
+        filter_spec = eqx.tree_at(lambda s: s[0].params, filter_spec, False)
+    filter_spec = eqx.tree_at(
+        lambda s: (s[0].network.in_mean, s[0].network.in_scale, s[0].network.out_scale),
+        filter_spec,
+        (False, False, False),
+    )
+    trainable, static = eqx.partition((ude, y0s), filter_spec)
+
+    history: dict[str, list[float]] = {"adam": [], "lbfgs": []}
+    optimizer = optimizer if optimizer is not None else optax.adam(config.learning_rate)
+    total = len(config.windows) * config.adam_steps + config.lbfgs_steps
+    done = 0
+    opt_state = optimizer.init(trainable)
+    for fraction in config.windows:
+        ts_w, mask_w = _windowed(ts, mask, fraction)
+        for start in range(0, config.adam_steps, config.chunk):
+            n = min(config.chunk, config.adam_steps - start)
+            trainable, opt_state, values = _adam_chunk(
+                trainable,
+                static,
+                opt_state,
+                ts_w,
+                ys,
+                mask_w,
+                scale,
+                optimizer=optimizer,
+                config=config,
+                n=n,
+            )
+            values = np.asarray(values)
+            history["adam"].extend(values.tolist())
+            done += n
+            if progress is not None:
+                progress(f"Adam, window {fraction:.0%}", done, total, float(values[-1]))
+
+    lbfgs = optax.lbfgs()
+    lbfgs_state = lbfgs.init(trainable)
+    best = (trainable, _make_loss(static, ts, ys, mask, scale, config)(trainable))
+    for start in range(0, config.lbfgs_steps, config.chunk):
+        n = min(config.chunk, config.lbfgs_steps - start)
+        candidate, lbfgs_state, values = _lbfgs_chunk(
+            trainable,
+            static,
+            lbfgs_state,
+            ts,
+            ys,
+            mask,
+            scale,
+            optimizer=lbfgs,
+            config=config,
+            n=n,
+        )
+        values = np.asarray(values)
+        history["lbfgs"].extend(values.tolist())
+        done += n
+        if not np.all(np.isfinite(values)):
+            break  # keep the last good parameters; a NaN never reaches the saved model
+        trainable = candidate
+        if values[-1] < float(best[1]):
+            best = (trainable, values[-1])
+        if progress is not None:
+            progress("L-BFGS, whole series", done, total, float(values[-1]))
+    trainable = best[0]
+    ude, y0s = eqx.combine(trainable, static)
+    leaves = jax.tree.leaves(eqx.filter(ude, eqx.is_inexact_array))
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves):
+        raise NumericalError("training produced non-finite weights", stage="ude")
+    return TrainedUDE(ude=ude, y0=np.asarray(y0s), history=history, config=config)
+
+
+def load_ude(folder: str | Path, model: MechanisticModel, data: TrajectorySet) -> TrainedUDE:
+    """Load a UDE saved by `TrainedUDE.save` (the model and data give the shapes)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "ude.json").read_text())
+    config = UDEConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    )
+    like = init_ude(
+        model, model.guesses, data, width=config.width, depth=config.depth, key=jax.random.key(0)
+    )
+    y0_like = jnp.zeros((meta["n_trajectories"], len(model.states)))
+    ude, y0 = eqx.tree_deserialise_leaves(folder / "ude.eqx", (like, y0_like))
+    return TrainedUDE(ude=ude, y0=np.asarray(y0), history={}, config=config)
+
+
+def relative_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-column ‖a − b‖ / ‖b‖."""
+    a, b = np.asarray(a), np.asarray(b)
+    return np.linalg.norm(a - b, axis=0) / np.maximum(np.linalg.norm(b, axis=0), 1e-300)
+
+
+def trajectory_rmse(ude: UDE, y0s, data: TrajectorySet, *, rtol=1e-7, atol=1e-9) -> np.ndarray:
+    """Per-state RMSE of the UDE's trajectories against the data."""
+    ts, ys, mask = (jnp.asarray(a) for a in data.padded())
+    pred, ok = jax.vmap(lambda y0, t: solve(ude, y0, t, rtol=rtol, atol=atol)[:2])(
+        jnp.asarray(y0s), ts
+    )
+    err = np.asarray(mask[..., None] * (pred - ys))
+    if not np.all(np.asarray(ok)):
+        return np.full(ys.shape[-1], math.inf)
+    return np.sqrt((err**2).sum(axis=(0, 1)) / float(mask.sum()))
