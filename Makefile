@@ -39,6 +39,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# A Prefect server on PostgreSQL (project-local cluster in .pg/), the set-up a team shares.
+# Foreground; Ctrl-C stops the server and PostgreSQL. See docs/orchestration.md.
+server: $(STAMP)
+	PREFECT_LOGGING_LEVEL=INFO scripts/prefect-server.sh
+
 bench: $(STAMP)
 	$(BIN)/python bench/ude_step.py
 

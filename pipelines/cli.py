@@ -1,7 +1,9 @@
 """The `sciml` command line (DESIGN §1).
 
 Exit codes: 0 success; 2 bad input (the message names the file, column, row or key); 1 anything
-else. Each command validates its input, then runs the stage.
+else. Each command validates its input first (fast, before Prefect starts), then runs its
+Prefect flow: against the server at `PREFECT_API_URL` when set, else Prefect's embedded
+temporary API (SQLite). `deploy` and `sweep` schedule and spread the same flows.
 """
 
 from __future__ import annotations
@@ -10,10 +12,33 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # Offline and quiet by default; set before Prefect is imported anywhere.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _discovery_args(d: argparse.ArgumentParser) -> None:
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--engines",
+        default="sindy,operon,pysr",
+        help="symbolic engines, comma-separated (sindy, operon, pysr)",
+    )
+    d.add_argument("--quick", action="store_true", help="fewer training steps (smoke runs)")
+    d.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="fraction of each trajectory's span held out to test extrapolation",
+    )
+    d.add_argument(
+        "--results",
+        default=None,
+        help="folder of cached task results (default: OUT/results); share it to reuse "
+        "trained UDEs between runs",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,13 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("data", help="trajectory data (CSV or Parquet, long form)")
     d.add_argument("--model", required=True, help="model file (TOML)")
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument(
-        "--engines",
-        default="sindy,operon,pysr",
-        help="symbolic engines, comma-separated (sindy, operon, pysr)",
-    )
-    d.add_argument("--quick", action="store_true", help="fewer training steps (smoke runs)")
+    _discovery_args(d)
 
     c = sub.add_parser("cnf", help="continuous normalising flow: density estimation")
     c.add_argument("--data", required=True, help="CSV/Parquet with numeric columns, or NPZ")
@@ -53,27 +72,96 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="(re)render the review report of a run")
     r.add_argument("dir", help="a run folder, or with --index a folder of runs")
     r.add_argument("--index", action="store_true", help="write an index over a folder of runs")
+
+    s = sub.add_parser("sweep", help="discovery over many data files/models/seeds on Dask")
+    s.add_argument("data", nargs="+", help="trajectory data files")
+    s.add_argument("--model", required=True, action="append", help="model file (repeatable)")
+    s.add_argument("--out", required=True, help="folder of the runs' folders")
+    s.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    s.add_argument("--engines", default="sindy,operon", help="symbolic engines (no pysr)")
+    s.add_argument("--quick", action="store_true")
+    s.add_argument("--holdout", type=float, default=0.0)
+    s.add_argument(
+        "--dask-address", default=None, help="existing Dask scheduler (default: local cluster)"
+    )
+    s.add_argument("--workers", type=int, default=2, help="workers of the local cluster")
+
+    y = sub.add_parser(
+        "deploy",
+        help="a scheduled discovery deployment: served here (--serve) or run by a work pool",
+    )
+    y.add_argument("data", help="trajectory data (the file a schedule re-reads)")
+    y.add_argument("--model", required=True)
+    y.add_argument("--out", required=True)
+    _discovery_args(y)
+    y.add_argument("--name", default=None, help="deployment name (default: the data file stem)")
+    y.add_argument("--cron", default="0 3 * * *", help="cron schedule (default: 03:00 daily)")
+    y.add_argument("--timezone", default="UTC")
+    how = y.add_mutually_exclusive_group()
+    how.add_argument("--serve", action="store_true", help="serve it from this process")
+    how.add_argument(
+        "--pool", default="sciml-process", help="work pool (created as type process if missing)"
+    )
+    y.add_argument("--gpu", action="store_true", help="set JAX to use the GPU on the worker")
     return p
 
 
-def _run(args: argparse.Namespace) -> None:
-    if args.command == "discover":
-        from sciml.discover import run_discovery
+def _engines(text: str) -> tuple[str, ...]:
+    return tuple(e.strip().lower() for e in text.split(",") if e.strip())
 
-        engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
-        result = run_discovery(
-            args.data, args.model, args.out, seed=args.seed, engines=engines, quick=args.quick
-        )
+
+def _discover_params(args: argparse.Namespace):
+    from pipelines.params import DiscoverParams
+
+    return DiscoverParams(
+        data=Path(args.data).resolve(),
+        model=Path(args.model).resolve(),
+        out=Path(args.out).resolve(),
+        seed=args.seed,
+        engines=_engines(args.engines),
+        quick=args.quick,
+        holdout=args.holdout,
+        results=Path(args.results).resolve() if args.results else None,
+    )
+
+
+def _validate_discovery(params) -> None:
+    """Fail fast on bad input, before Prefect starts (it takes seconds)."""
+    from pipelines.flows import discovery_config
+    from sciml.discover import load_inputs
+
+    discovery_config(params)
+    load_inputs(params.data, params.model)
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "report":
+        from sciml.report import render_index, render_report
+
+        path = render_index(args.dir) if args.index else render_report(args.dir)
+        print(f"report: {path}")
+        return
+    if args.command == "discover":
+        params = _discover_params(args)
+        _validate_discovery(params)
+        from pipelines.flows import discover
+
+        result = discover(params)
         print(f"results in {result['out']}")
     elif args.command == "cnf":
-        from sciml.cnf import run_cnf
+        from pipelines.params import CNFParams
 
-        metrics = run_cnf(args.data, args.out, test=args.test, seed=args.seed, steps=args.steps)
+        params = CNFParams(
+            data=args.data, out=args.out, test=args.test, seed=args.seed, steps=args.steps
+        )
+        from pipelines.flows import cnf
+
+        metrics = cnf(params)
         print(f"test NLL {metrics['test_nll']:.4f} nats; results in {args.out}")
     elif args.command == "classify":
-        from sciml.classify import run_classify
+        from pipelines.params import ClassifyParams
 
-        metrics = run_classify(
+        params = ClassifyParams(
             dataset=args.dataset,
             data=args.data,
             test=args.test,
@@ -81,22 +169,78 @@ def _run(args: argparse.Namespace) -> None:
             seed=args.seed,
             epochs=args.epochs,
         )
-        print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {args.out}")
-    elif args.command == "report":
-        from sciml.report import render_index, render_report
+        from pipelines.flows import classify
 
-        path = render_index(args.dir) if args.index else render_report(args.dir)
-        print(f"report: {path}")
+        metrics = classify(params)
+        print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {args.out}")
+    elif args.command == "sweep":
+        from pipelines.params import SweepParams
+        from sciml.discover import load_inputs
+
+        try:
+            seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        except ValueError:
+            raise _bad_input(f"--seeds: integers separated by commas, got {args.seeds!r}") from None
+        params = SweepParams(
+            data=tuple(Path(p).resolve() for p in args.data),
+            models=tuple(Path(m).resolve() for m in args.model),
+            seeds=seeds,
+            out=Path(args.out).resolve(),
+            engines=_engines(args.engines),
+            quick=args.quick,
+            holdout=args.holdout,
+            dask_address=args.dask_address,
+            n_workers=args.workers,
+        )
+        for data in params.data:
+            for model in params.models:
+                load_inputs(data, model)
+        from pipelines.flows import sweep
+
+        for run in sweep(params):
+            print(f"{run['out']}: {run['equations']}")
+    elif args.command == "deploy":
+        params = _discover_params(args)
+        _validate_discovery(params)
+        from pipelines.deploy import deploy_discovery
+
+        deploy_discovery(
+            params,
+            name=args.name or params.data.stem,
+            cron=args.cron,
+            timezone=args.timezone,
+            pool=None if args.serve else args.pool,
+            gpu=args.gpu,
+        )
+
+
+def _bad_input(message: str) -> Exception:
+    from sciml import InputError
+
+    return InputError(message)
+
+
+def _pydantic_message(err) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "input"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from pydantic import ValidationError
+
     from sciml import InputError
 
     try:
         _run(args)
     except InputError as err:
         print(f"sciml {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ValidationError as err:
+        print(f"sciml {args.command}: error: {_pydantic_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

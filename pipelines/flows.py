@@ -1,0 +1,189 @@
+"""Prefect flows: discovery (one task per stage), CNF, classifier, the parent pipeline, sweeps.
+
+Parameters are pydantic models (`pipelines.params`), so Prefect validates a deployment's
+parameters before a run starts. Run them from the command line (`sciml discover|cnf|classify|
+sweep`), from Python (`discover(DiscoverParams(...))`), or as deployments (`sciml deploy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from . import tasks
+from .params import ClassifyParams, CNFParams, DiscoverParams, PipelineParams, SweepParams
+from .tasks import in_results
+
+FLOW_OPTIONS = {"log_prints": True, "result_serializer": "json"}
+
+
+def discovery_config(params: DiscoverParams) -> dict[str, Any]:
+    """The run's `DiscoveryConfig` as a JSON-able dict (raises `InputError` on bad settings)."""
+    from sciml.discover import DiscoveryConfig
+
+    config = DiscoveryConfig.make(
+        seed=params.seed, engines=params.engines, quick=params.quick, holdout=params.holdout
+    )
+    if overrides := params.ude.overrides():
+        config = dataclasses.replace(config, ude=dataclasses.replace(config.ude, **overrides))
+    return json.loads(json.dumps(config.to_dict()))
+
+
+@contextlib.contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    """Library and Prefect run logs, also into `OUT/run.log`."""
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(n) for n in ("sciml", "prefect.flow_runs", "prefect.task_runs")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        handler.close()
+
+
+@flow(name="discover", **FLOW_OPTIONS)
+def discover(params: DiscoverParams) -> dict[str, Any]:
+    """Trajectory data and a model file in; DESIGN §4's files in `params.out`.
+
+    Stages: ingest, mechanistic fit, UDE training, dense sampling, one symbolic regression per
+    engine, selection and refit, report; then the artifacts (equations, Pareto table, report
+    link). Without a `[residual]` section the run is a plain mechanistic fit.
+    """
+    from sciml._rundir import run_directory
+    from sciml.discover import RESULT_FILES
+
+    config = discovery_config(params)
+    results = str(params.results_dir.resolve())
+    timings: dict[str, float] = {}
+
+    def timed(name: str, t: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        value = t(*args)
+        timings[name] = time.perf_counter() - start
+        return value
+
+    with run_directory(params.out, clear=RESULT_FILES) as out, _run_log(out / "run.log"):
+        inputs = tasks.ingest(str(params.data), str(params.model))
+        fit = timed(
+            "mechanistic", in_results(tasks.mechanistic_fit, results), inputs, config, results
+        )
+        ude = None
+        engines: list[dict[str, Any]] = []
+        if inputs["residual_states"]:
+            ude = timed(
+                "ude", in_results(tasks.ude_training, results), inputs, fit, config, results
+            )
+            dense = timed(
+                "dense", in_results(tasks.dense_sampling, results), inputs, ude, config, results
+            )
+            symbolic = in_results(tasks.symbolic_regression, results)
+            # one after another, in this thread: PySR (Julia) must run in the main thread
+            for engine in config["engines"]:
+                engines.append(
+                    timed(f"engine:{engine}", symbolic, engine, inputs, dense, config, results)
+                )
+        tasks.record_config(inputs, config, str(out), ude)
+        select = in_results(tasks.selection_and_refit, results)
+        selected = timed("selection", select, inputs, fit, ude, engines, config, results, timings)
+        discovered = tasks.write_results(selected, str(out))
+        report = tasks.report(str(out))
+        tasks.publish_artifacts(str(out), report)
+    result = json.loads(Path(discovered).read_text())
+    return {
+        "out": str(out),
+        "discovered": discovered,
+        "report": report,
+        "equations": result["equations"],
+        "parameters": result["parameters"],
+        "timings": timings,
+    }
+
+
+@flow(name="cnf", **FLOW_OPTIONS)
+def cnf(params: CNFParams) -> dict[str, Any]:
+    """A continuous normalising flow fitted to a table of samples (`sciml cnf`)."""
+    return tasks.cnf(params.data, str(params.out), params.test, params.seed, params.steps)
+
+
+@flow(name="classify", **FLOW_OPTIONS)
+def classify(params: ClassifyParams) -> dict[str, Any]:
+    """The neural-ODE classifier (`sciml classify`)."""
+    return tasks.classify(
+        params.dataset,
+        str(params.data) if params.data else None,
+        str(params.test) if params.test else None,
+        str(params.out),
+        params.seed,
+        params.epochs,
+    )
+
+
+@flow(name="sciml-pipeline", **FLOW_OPTIONS)
+def pipeline(params: PipelineParams) -> dict[str, Any]:
+    """The parent flow: discovery, CNF and classifier as subflows (each one optional)."""
+    results: dict[str, Any] = {}
+    if params.discover is not None:
+        results["discover"] = discover(params.discover)
+    if params.cnf is not None:
+        results["cnf"] = cnf(params.cnf)
+    if params.classify is not None:
+        results["classify"] = classify(params.classify)
+    return results
+
+
+def dask_runner(address: str | None, n_workers: int = 2) -> Any:
+    """An existing Dask cluster by scheduler address, or a local cluster of processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": n_workers,
+            "threads_per_worker": 1,  # JAX uses every core of a worker anyway
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
+
+
+@flow(name="discovery-sweep-runs", **FLOW_OPTIONS)
+def _sweep_runs(params: SweepParams) -> list[dict[str, Any]]:
+    runs = [r.model_dump(mode="json") for r in params.runs()]
+    print(f"sweep: {len(runs)} discovery runs")
+    futures = tasks.discovery_run.map(runs)
+    futures.wait()
+    states = [f.state for f in futures]
+    failed = [(r["out"], s) for r, s in zip(runs, states) if not s.is_completed()]
+    for out, state in failed:
+        print(f"sweep: run {out} failed: {state.message}")
+    if failed:
+        failed[0][1].result()  # raises the first failure's exception
+    return [f.result() for f in futures]
+
+
+@flow(name="discovery-sweep", **FLOW_OPTIONS)
+def sweep(params: SweepParams) -> list[dict[str, Any]]:
+    """Discovery over data files x model files x seeds, one task per run, on a Dask cluster.
+
+    `params.dask_address` names an existing cluster's scheduler (`tcp://host:8786`); without it a
+    local cluster of `params.n_workers` processes is started for the sweep and stopped after.
+    """
+    runner = dask_runner(params.dask_address, params.n_workers)
+    return _sweep_runs.with_options(task_runner=runner)(params)
+
+
+FLOWS = {"discover": discover, "cnf": cnf, "classify": classify, "sweep": sweep}

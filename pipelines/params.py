@@ -1,0 +1,154 @@
+"""Flow parameters as pydantic models: a deployment's parameters are validated before a run.
+
+Prefect validates a flow's parameters against these models (from the UI, `prefect deployment
+run --param`, a schedule or a parent flow), so a bad value fails the run before any work,
+with pydantic's message naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Engine = Literal["sindy", "operon", "pysr"]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UDESettings(_Params):
+    """Overrides of the UDE training settings (`sciml._ude.UDEConfig`); unset means default."""
+
+    width: int | None = Field(None, ge=1, le=1024)
+    depth: int | None = Field(None, ge=1, le=16)
+    windows: tuple[float, ...] | None = Field(None, min_length=1)
+    adam_steps: int | None = Field(None, ge=0)
+    lbfgs_steps: int | None = Field(None, ge=0)
+    learning_rate: float | None = Field(None, gt=0)
+    penalty: float | None = Field(None, ge=0)
+    chunk: int | None = Field(None, ge=1)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and (any(not 0 < w <= 1 for w in v) or list(v) != sorted(v)):
+            raise ValueError("windows: increasing fractions in (0, 1]")
+        return v
+
+    def overrides(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
+class DiscoverParams(_Params):
+    """One discovery run (`sciml discover`)."""
+
+    data: Path = Field(description="trajectory data, CSV or Parquet (long form)")
+    model: Path = Field(description="model file (TOML)")
+    out: Path = Field(description="output folder")
+    seed: int = Field(0, ge=0)
+    engines: tuple[Engine, ...] = Field(("sindy", "operon", "pysr"), min_length=1)
+    quick: bool = Field(False, description="fewer training steps (smoke runs)")
+    holdout: float = Field(0.0, ge=0.0, lt=0.9, description="held-out fraction of each span")
+    ude: UDESettings = Field(default_factory=UDESettings)
+    results: Path | None = Field(
+        None,
+        description="folder of cached task results (default: OUT/results); share it between "
+        "runs to reuse their trained UDEs",
+    )
+
+    @field_validator("engines")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))
+
+    @property
+    def results_dir(self) -> Path:
+        return self.results if self.results is not None else self.out / "results"
+
+
+class CNFParams(_Params):
+    """One continuous-normalising-flow run (`sciml cnf`)."""
+
+    data: str = Field(description="CSV/Parquet/NPZ file, or sklearn:NAME")
+    out: Path
+    test: str | None = None
+    seed: int = Field(0, ge=0)
+    steps: int | None = Field(None, ge=1)
+
+
+class ClassifyParams(_Params):
+    """One neural-ODE classifier run (`sciml classify`)."""
+
+    dataset: Literal["digits"] | None = None
+    data: Path | None = None
+    test: Path | None = None
+    out: Path
+    seed: int = Field(0, ge=0)
+    epochs: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClassifyParams:
+        if (self.dataset is None) == (self.data is None):
+            raise ValueError("give exactly one of dataset or data")
+        return self
+
+
+class SweepParams(_Params):
+    """Discovery over every combination of data files, model files and seeds, on Dask.
+
+    Each run writes into `out/<data stem>-<model stem>-seed<seed>/`.
+    """
+
+    data: tuple[Path, ...] = Field(min_length=1)
+    models: tuple[Path, ...] = Field(min_length=1)
+    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    out: Path
+    engines: tuple[Engine, ...] = Field(("sindy", "operon"), min_length=1)
+    quick: bool = False
+    holdout: float = Field(0.0, ge=0.0, lt=0.9)
+    dask_address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster (default: a local cluster)"
+    )
+    n_workers: int = Field(2, ge=1, description="workers of the local cluster")
+
+    @field_validator("engines")
+    @classmethod
+    def _no_pysr(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        # PySR runs Julia, which must be driven from a process's main thread; Dask runs tasks
+        # in worker threads (DESIGN §7).
+        if "pysr" in v:
+            raise ValueError("pysr cannot run in Dask worker threads; sweep with sindy/operon")
+        return tuple(dict.fromkeys(v))
+
+    def runs(self) -> list[DiscoverParams]:
+        runs = []
+        for data in self.data:
+            for model in self.models:
+                for seed in self.seeds:
+                    name = f"{data.stem}-{model.stem}-seed{seed}"
+                    runs.append(
+                        DiscoverParams(
+                            data=data,
+                            model=model,
+                            out=self.out / name,
+                            seed=seed,
+                            engines=self.engines,
+                            quick=self.quick,
+                            holdout=self.holdout,
+                        )
+                    )
+        names = [r.out for r in runs]
+        if len(set(names)) != len(names):
+            raise ValueError("two sweep runs would share an output folder (same file stems)")
+        return runs
+
+
+class PipelineParams(_Params):
+    """The parent flow: any of the three stages, each optional."""
+
+    discover: DiscoverParams | None = None
+    cnf: CNFParams | None = None
+    classify: ClassifyParams | None = None

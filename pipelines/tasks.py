@@ -1,0 +1,360 @@
+"""Prefect tasks: each a few lines over one `sciml` call, passing files, not objects.
+
+Every task returns a path or a small JSON value (Prefect records it with the JSON serialiser);
+the science is in Parquet, JSON and equinox files under the run's results folder. The expensive
+stages are cached on the library version, the input files' contents and the settings
+(`_store.cache_key`): a re-run with the same inputs skips UDE training, a changed setting or a
+new library version trains again. Retries are for I/O only, never for bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from ._store import (
+    RECORDS,
+    cache_key,
+    file_digest,
+    load_candidates,
+    load_fit,
+    save_candidates,
+    save_fit,
+    stage_dir,
+)
+
+
+def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry on I/O errors (a network file system, a busy disk), never on bad input."""
+    from sciml import InputError
+
+    try:
+        state.result()
+    except InputError:
+        return False
+    except OSError:
+        return True
+    except Exception:  # noqa: BLE001 - a bug or a numerical failure: retrying will not help
+        return False
+    return False
+
+
+IO = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn": _retry_io}
+JSON = {"persist_result": True, "result_serializer": "json"}
+CACHED = {**JSON, "cache_key_fn": cache_key}
+UNCACHED = {**JSON, "cache_policy": NO_CACHE}
+
+
+def in_results(t: Any, results: str | Path) -> Any:
+    """The task with its result records kept beside the results (`RESULTS/.prefect/`)."""
+    return t.with_options(result_storage=Path(results).resolve() / RECORDS)
+
+
+# -- helpers shared by tasks -------------------------------------------------------------------
+def _config(config: dict[str, Any]) -> Any:
+    from sciml._ude import UDEConfig
+    from sciml.discover import DiscoveryConfig
+
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "ude"}
+    ude = {k: tuple(v) if isinstance(v, list) else v for k, v in config["ude"].items()}
+    return DiscoveryConfig(**fields, ude=UDEConfig(**ude))
+
+
+def _inputs(inputs: dict[str, Any], config: Any) -> tuple[Any, Any, Any]:
+    """Model, training data and held-out data (None) of a run."""
+    from sciml.discover import load_inputs, split_data
+
+    model, data = load_inputs(inputs["data"], inputs["model"])
+    train, test = split_data(data, config)
+    return model, train, test
+
+
+def _fresh(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+# -- discovery stages --------------------------------------------------------------------------
+@task(name="ingest", **UNCACHED, **IO)
+def ingest(data: str, model: str) -> dict[str, Any]:
+    """Read and validate the model file and the data; their content hashes key the cache."""
+    from sciml.discover import load_inputs
+
+    m, d = load_inputs(data, model)
+    print(f"data {data}: {len(d)} trajectories, {d.n_points} points; states {list(m.states)}")
+    return {
+        "data": str(Path(data).resolve()),
+        "model": str(Path(model).resolve()),
+        "data_sha256": file_digest(data),
+        "model_sha256": file_digest(model),
+        "states": list(m.states),
+        "residual_states": list(m.residual_states),
+        "n_trajectories": len(d),
+        "n_points": d.n_points,
+    }
+
+
+@task(name="mechanistic-fit", **CACHED)
+def mechanistic_fit(inputs: dict[str, Any], config: dict[str, Any], results: str) -> str:
+    """Least-squares fit of the declared model: `fit.json`."""
+    from sciml.discover import mechanistic_stage
+
+    cfg = _config(config)
+    model, train, _ = _inputs(inputs, cfg)
+    fit = mechanistic_stage(model, train, cfg)
+    print(f"mechanistic fit: {fit.parameter_dict} (cost {fit.cost:.4g})")
+    folder = _fresh(stage_dir(results, "mechanistic-fit", inputs, config))
+    save_fit(fit, folder / "fit.json")
+    return str(folder / "fit.json")
+
+
+@task(name="ude-training", **CACHED)
+def ude_training(inputs: dict[str, Any], fit: str, config: dict[str, Any], results: str) -> str:
+    """Train the universal differential equation: `ude.eqx` + `ude.json` (equinox)."""
+    from sciml._io import write_json
+    from sciml.discover import ude_stage
+
+    logger = get_run_logger()
+    last = [-1]
+
+    def progress(stage: str, step: int, total: int, loss: float) -> None:
+        tenth = 10 * step // max(total, 1)
+        if tenth != last[0]:
+            last[0] = tenth
+            logger.info("UDE %s: step %d/%d, loss %.4g", stage, step, total, loss)
+
+    cfg = _config(config)
+    model, train, _ = _inputs(inputs, cfg)
+    trained = ude_stage(load_fit(fit, model), train, cfg, progress=progress)
+    folder = _fresh(stage_dir(results, "ude-training", inputs, config))
+    trained.save(folder)
+    write_json(folder / "history.json", trained.history)
+    return str(folder)
+
+
+@task(name="dense-sampling", **CACHED)
+def dense_sampling(inputs: dict[str, Any], ude: str, config: dict[str, Any], results: str) -> str:
+    """States and the network's residual sampled densely along the learned field: Parquet."""
+    from sciml._ude import load_ude
+    from sciml.discover import dense_stage
+
+    cfg = _config(config)
+    model, train, _ = _inputs(inputs, cfg)
+    dense = dense_stage(load_ude(ude, model, train), train, cfg)
+    folder = _fresh(stage_dir(results, "dense-sampling", inputs, config))
+    dense.to_frame().to_parquet(folder / "dense.parquet", index=False)
+    return str(folder / "dense.parquet")
+
+
+@task(name="symbolic-regression", task_run_name="symbolic-{engine}", **CACHED)
+def symbolic_regression(
+    engine: str, inputs: dict[str, Any], dense: str, config: dict[str, Any], results: str
+) -> dict[str, Any]:
+    """One engine's candidate formulas for every residual state: Parquet (or why none)."""
+    import pandas as pd
+
+    from sciml._distil import DenseSamples
+    from sciml.discover import symbolic_stage
+
+    samples = DenseSamples.from_frame(
+        pd.read_parquet(dense), inputs["states"], inputs["residual_states"]
+    )
+    table, reason = symbolic_stage(samples, engine, _config(config))
+    folder = _fresh(stage_dir(results, "symbolic-regression", inputs, config, engine=engine))
+    if reason is not None:
+        print(f"engine {engine} unavailable: {reason}")
+        return {"engine": engine, "candidates": None, "unavailable": reason}
+    save_candidates(table, folder / "candidates.parquet")
+    print(f"engine {engine}: {len(table)} candidates")
+    return {"engine": engine, "candidates": str(folder / "candidates.parquet"), "unavailable": None}
+
+
+@task(name="selection-and-refit", **CACHED)
+def selection_and_refit(
+    inputs: dict[str, Any],
+    fit: str,
+    ude: str | None,
+    engines: list[dict[str, Any]],
+    config: dict[str, Any],
+    results: str,
+    timings: dict[str, float],
+) -> str:
+    """Choose and refit the formulas, evaluate every model: DESIGN §4's files, in a results
+    folder (copied into the run's folder by `write_results`)."""
+    from sciml._ude import load_ude
+    from sciml.discover import evaluation_stage, selection_stage, summarise, write_outputs
+
+    cfg = _config(config)
+    model, train, test = _inputs(inputs, cfg)
+    mech = load_fit(fit, model)
+    trained = load_ude(ude, model, train) if ude is not None else None
+    table = load_candidates([e["candidates"] for e in engines if e["candidates"]], model.states)
+    selection = selection_stage(model, mech, table, train, cfg) if len(table) else None
+    metrics, predictions = evaluation_stage(model, mech, trained, selection, train, test, cfg)
+    unavailable = {e["engine"]: e["unavailable"] for e in engines if e["unavailable"]}
+    result = summarise(model, mech, selection, metrics, cfg, unavailable)
+    folder = _fresh(
+        stage_dir(
+            results,
+            "selection-and-refit",
+            inputs,
+            config,
+            engines=[(e["engine"], e["candidates"] is not None) for e in engines],
+        )
+    )
+    write_outputs(folder, result, table, selection, predictions, timings)
+    print(f"equations: {result['equations']}")
+    return str(folder)
+
+
+OUTPUT_FILES = ("predictions.parquet", "equations.csv", "run.json", "discovered.json")
+
+
+@task(name="write-results", **UNCACHED, **IO)
+def write_results(selection: str, out: str) -> str:
+    """Copy the run's results into its folder, `discovered.json` last; returns its path."""
+    from sciml._io import atomic_path
+
+    for name in OUTPUT_FILES:
+        if (Path(selection) / name).exists():
+            with atomic_path(Path(out) / name) as tmp:
+                shutil.copy2(Path(selection) / name, tmp)
+    return str(Path(out) / "discovered.json")
+
+
+@task(name="record-config", **UNCACHED, **IO)
+def record_config(inputs: dict[str, Any], config: dict[str, Any], out: str, ude: str | None) -> str:
+    """The settings and versions used, and the UDE weights, into the output folder."""
+    from sciml._io import write_json
+    from sciml.discover import load_inputs, versions
+
+    model, _ = load_inputs(inputs["data"], inputs["model"])
+    if ude is not None:
+        for name in ("ude.eqx", "ude.json"):
+            shutil.copy2(Path(ude) / name, Path(out) / name)
+    write_json(
+        Path(out) / "config.json",
+        {
+            "data": inputs["data"],
+            "model_file": inputs["model"],
+            "inputs": inputs,
+            "model": model.describe(),
+            "config": config,
+            "versions": versions(),
+        },
+    )
+    return str(Path(out) / "config.json")
+
+
+@task(name="report", **UNCACHED, **IO)
+def report(out: str) -> str | None:
+    """Render the review report (`report.html`), when the report renderer is installed."""
+    try:
+        from sciml.report import render_report
+    except ImportError:
+        print("report: sciml.report is not available; no report.html")
+        return None
+    return str(render_report(out))
+
+
+@task(name="publish-artifacts", **UNCACHED, **IO)
+def publish_artifacts(out: str, report_path: str | None) -> list[str]:
+    """Markdown (equations), table (Pareto front) and link (report) artifacts in the UI."""
+    import pandas as pd
+
+    folder = Path(out)
+    result = json.loads((folder / "discovered.json").read_text())
+    key = _artifact_key(folder)
+    lines = [f"# Discovered equations: `{folder.name}`", "", "| state | d/dt |", "|---|---|"]
+    lines += [f"| {s} | `{eq}` |" for s, eq in result["equations"].items()]
+    if result.get("parameters"):
+        lines += ["", "**Fitted mechanistic parameters**", "", "| name | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.6g} |" for k, v in result["parameters"].items()]
+    for state, chosen in result.get("residual", {}).items():
+        lines.append(
+            f"\n- residual of `{state}`: `{chosen.get('final', chosen.get('equation'))}` "
+            f"({chosen.get('engine')}, complexity {chosen.get('complexity')})"
+        )
+    ids = [str(create_markdown_artifact("\n".join(lines), key=f"{key}-equations"))]
+    csv = folder / "equations.csv"
+    if csv.exists():
+        table = pd.read_csv(csv)
+        cols = ["state", "engine", "complexity", "loss", "score", "equation", "selected"]
+        rows = table[cols].to_dict(orient="records")
+        ids.append(str(create_table_artifact(rows, key=f"{key}-pareto")))
+    if report_path:
+        uri = Path(report_path).resolve().as_uri()
+        ids.append(str(create_link_artifact(uri, link_text="report.html", key=f"{key}-report")))
+    return ids
+
+
+def _artifact_key(folder: Path) -> str:
+    """Artifact keys: lower-case letters, digits and dashes."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", folder.name.lower()).strip("-") or "run"
+
+
+# -- a whole discovery run, for sweeps (one task per run, spread over Dask workers) ------------
+@task(name="discovery-run", **UNCACHED)
+def discovery_run(run: dict[str, Any]) -> dict[str, Any]:
+    """Every discovery stage for one (data, model, seed) via `sciml.discover.run_discovery`."""
+    from sciml.discover import run_discovery
+
+    t = time.perf_counter()
+    result = run_discovery(
+        run["data"],
+        run["model"],
+        run["out"],
+        seed=run["seed"],
+        engines=tuple(run["engines"]),
+        quick=run["quick"],
+        holdout=run["holdout"],
+        show_progress=False,
+    )
+    return {
+        "out": result["out"],
+        "parameters": result["parameters"],
+        "equations": result["equations"],
+        "seconds": time.perf_counter() - t,
+    }
+
+
+# -- the other stages --------------------------------------------------------------------------
+@task(name="cnf", **UNCACHED)
+def cnf(data: str, out: str, test: str | None, seed: int, steps: int | None) -> dict[str, Any]:
+    """Fit a continuous normalising flow (`sciml.cnf.run_cnf`); returns its metrics."""
+    from sciml.cnf import run_cnf
+
+    return _jsonable(run_cnf(data, out, test=test, seed=seed, steps=steps))
+
+
+@task(name="classify", **UNCACHED)
+def classify(
+    dataset: str | None,
+    data: str | None,
+    test: str | None,
+    out: str,
+    seed: int,
+    epochs: int | None,
+) -> dict[str, Any]:
+    """Train the neural-ODE classifier (`sciml.classify.run_classify`); returns its metrics."""
+    from sciml.classify import run_classify
+
+    metrics = run_classify(dataset=dataset, data=data, test=test, out=out, seed=seed, epochs=epochs)
+    return _jsonable(metrics)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    return json.loads(json.dumps(obj, default=lambda v: getattr(v, "tolist", lambda: str(v))()))
