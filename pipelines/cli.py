@@ -222,9 +222,10 @@ def _bad_input(message: str) -> Exception:
 
 def _pydantic_message(err) -> str:
     parts = []
-    for e in err.errors():
+    for e in err.errors(include_url=False):
         where = ".".join(str(x) for x in e["loc"]) or "input"
-        parts.append(f"{where}: {e['msg']}")
+        got = f" (got {e['input']!r})" if not isinstance(e.get("input"), dict | tuple) else ""
+        parts.append(f"{where}: {e['msg']}{got}")
     return "; ".join(parts)
 
 
