@@ -1,0 +1,100 @@
+"""Hyperparameters of a classifier run: one frozen record, saved beside the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Literal
+
+from .._errors import InputError
+
+_SOLVER_NAMES = ("tsit5", "dopri5", "bosh3", "heun")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything that decides a trained classifier, apart from the data and the seed.
+
+    Model: `model` is "ode" (the neural ODE) or "resnet" (its discretised counterpart with
+    `depth` residual blocks). `stem` adds a small convolutional (images) or affine (flat
+    features) stem of `width` channels, whose stride-2 convolutions shrink images until their
+    side is at most `grid`; `augment` zero channels are appended before the flow
+    (augmented neural ODE); `hidden` is the width inside the vector field; `pool` the side of the
+    adaptive average-pooling grid before the affine map.
+
+    Solver: `solver` (adaptive, e.g. "tsit5") on `[0, t1]` with relative/absolute tolerances
+    `rtol`/`atol` and at most `max_steps` steps.
+
+    Training: AdamW with a cosine-decayed `learning_rate` and `weight_decay`, `epochs` passes
+    of mini-batches of `batch_size`, images translated at random by up to `shift` pixels
+    (augmentation; 0: none); `test_fraction` is the stratified held-out share when no
+    test set is given.
+    """
+
+    model: Literal["ode", "resnet"] = "ode"
+    stem: bool = True
+    width: int = 32
+    hidden: int = 32
+    augment: int = 0
+    pool: int = 2
+    grid: int = 8
+    depth: int = 1
+    solver: str = "tsit5"
+    t1: float = 1.0
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    max_steps: int = 256
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    shift: int = 0
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.model not in ("ode", "resnet"):
+            problems.append(f"model must be 'ode' or 'resnet', not {self.model!r}")
+        if self.solver not in _SOLVER_NAMES:
+            problems.append(f"solver must be one of {', '.join(_SOLVER_NAMES)}")
+        for name in (
+            "width",
+            "hidden",
+            "pool",
+            "grid",
+            "depth",
+            "max_steps",
+            "epochs",
+            "batch_size",
+        ):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.augment < 0 or self.shift < 0:
+            problems.append("augment and shift must be non-negative")
+        for name in ("t1", "rtol", "atol", "learning_rate"):
+            if not float(getattr(self, name)) > 0:
+                problems.append(f"{name} must be positive")
+        if not 0 < self.test_fraction < 1:
+            problems.append("test_fraction must lie strictly between 0 and 1")
+        if problems:
+            raise InputError("classifier config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"classifier config: unknown keys {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> ClassifierConfig:
+        return dataclasses.replace(self, **changes)
+
+    def digest(self, *extra: object) -> str:
+        """A stable hash of the config and `extra` (seed, data fingerprint, ...)."""
+        text = json.dumps([self.to_dict(), *extra], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

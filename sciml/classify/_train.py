@@ -1,0 +1,335 @@
+"""Training and evaluation: cross-entropy, mini-batches, per-epoch checkpoints, resumption.
+
+Determinism: the initial model comes from the seed, and epoch `e` shuffles with a generator
+seeded by `(seed, e)`, so a run resumed from its checkpoint after epoch `e` continues exactly
+as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .._errors import NumericalError
+from .._io import atomic_path, write_json
+from ._models import AbstractClassifier
+from ._types import Batch, BatchLogits, Labels, Mask
+
+EVAL_BATCH = 256
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces (jitted)
+
+
+def _forward(model: AbstractClassifier, x: Batch) -> tuple[BatchLogits, jax.Array, jax.Array]:
+    return jax.vmap(model)(x)
+
+
+def _loss(
+    model: AbstractClassifier, x: Batch, y: Labels
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    logits, steps, _ = _forward(model, x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    correct = (jnp.argmax(logits, axis=-1) == y).mean()
+    return loss, (correct, steps.mean())
+
+
+@eqx.filter_jit
+def train_step(
+    model: AbstractClassifier,
+    opt_state: optax.OptState,
+    x: Batch,
+    y: Labels,
+    optim: optax.GradientTransformation,
+) -> tuple[AbstractClassifier, optax.OptState, jax.Array, jax.Array, jax.Array]:
+    """One optimiser update on a mini-batch; returns (model, opt_state, loss, accuracy, steps)."""
+    (loss, (acc, steps)), grads = eqx.filter_value_and_grad(_loss, has_aux=True)(model, x, y)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    updates, opt_state = optim.update(grads, opt_state, params)
+    model = eqx.apply_updates(model, updates)
+    return model, opt_state, loss, acc, steps
+
+
+@eqx.filter_jit
+def predict_batch(
+    model: AbstractClassifier, x: Batch, mask: Mask
+) -> tuple[BatchLogits, jax.Array, jax.Array]:
+    """Logits, solver steps and success flags for a (padded) batch; padding counts as ok."""
+    logits, steps, ok = _forward(model, x)
+    return logits, jnp.where(mask, steps, 0), ok | ~mask
+
+
+@functools.lru_cache(maxsize=32)
+def make_optimizer(
+    learning_rate: float, weight_decay: float, total_steps: int
+) -> optax.GradientTransformation:
+    """AdamW with cosine decay and gradient clipping.
+
+    Cached, so that runs with the same settings share one object and hence one compiled
+    `train_step` (the transformation is a static argument of the jitted step).
+    """
+    schedule = optax.cosine_decay_schedule(learning_rate, max(1, total_steps), alpha=0.01)
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(schedule, weight_decay=weight_decay),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Predictions on a data set, with the solver statistics of the forward passes."""
+
+    predictions: np.ndarray
+    probabilities: np.ndarray
+    accuracy: float
+    loss: float
+    mean_steps: float
+    max_steps: int
+    failed_solves: int
+
+
+def evaluate(
+    model: AbstractClassifier, x: np.ndarray, y: np.ndarray, *, batch_size: int = EVAL_BATCH
+) -> Evaluation:
+    """Classify `x` (already standardised) in fixed-size padded batches and score against `y`."""
+    n = len(x)
+    batch_size = min(batch_size, n)  # fixed per data set: one compilation
+    logits, steps, ok = [], [], []
+    for start in range(0, n, batch_size):
+        xb = x[start : start + batch_size]
+        m = len(xb)
+        pad = np.zeros((batch_size - m, *x.shape[1:]), np.float32)
+        mask = np.arange(batch_size) < m
+        lb, sb, okb = predict_batch(model, jnp.asarray(np.concatenate([xb, pad])), mask)
+        logits.append(np.asarray(lb)[:m])
+        steps.append(np.asarray(sb)[:m])
+        ok.append(np.asarray(okb)[:m])
+    logit = np.concatenate(logits).astype(np.float64)
+    step = np.concatenate(steps)
+    good = np.concatenate(ok)
+    logit = logit - logit.max(axis=1, keepdims=True)
+    logp = logit - np.log(np.exp(logit).sum(axis=1, keepdims=True))
+    pred = logp.argmax(axis=1)
+    return Evaluation(
+        predictions=pred,
+        probabilities=np.exp(logp),
+        accuracy=float((pred == y).mean()),
+        loss=float(-logp[np.arange(n), y].mean()),
+        mean_steps=float(step.mean()),
+        max_steps=int(step.max()),
+        failed_solves=int((~good).sum()),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """`checkpoint.eqx` (model and optimiser state) and `checkpoint.json` in a run folder.
+
+    The JSON names the config digest and the hash of the `.eqx` file, so a checkpoint from a
+    different config, or one whose two files were written by different epochs, is ignored.
+    """
+
+    directory: Path
+    digest: str
+
+    @property
+    def weights(self) -> Path:
+        return self.directory / "checkpoint.eqx"
+
+    @property
+    def meta(self) -> Path:
+        return self.directory / "checkpoint.json"
+
+    def save(self, state: dict[str, Any], model: eqx.Module, opt_state: optax.OptState) -> None:
+        with atomic_path(self.weights) as tmp:
+            eqx.tree_serialise_leaves(tmp, (model, opt_state))
+        write_json(self.meta, {**state, "digest": self.digest, "sha256": _sha256(self.weights)})
+
+    def load(
+        self, model: eqx.Module, opt_state: optax.OptState
+    ) -> tuple[dict[str, Any], eqx.Module, optax.OptState] | None:
+        """The saved state, model and optimiser state; None when absent or not this run's."""
+        if not (self.meta.exists() and self.weights.exists()):
+            return None
+        try:
+            state = json.loads(self.meta.read_text())
+            if state.get("digest") != self.digest or state.get("sha256") != _sha256(self.weights):
+                return None
+            model, opt_state = eqx.tree_deserialise_leaves(self.weights, (model, opt_state))
+        except (OSError, ValueError, RuntimeError):
+            return None
+        return state, model, opt_state
+
+    def remove(self) -> None:
+        self.weights.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    model: AbstractClassifier
+    history: dict[str, list[float]]
+    train_seconds: float
+    resumed_from_epoch: int
+
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch: a permutation fixed by `(seed, epoch)`."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def random_shift(images: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Translate each image by up to `shift` pixels in each direction, filling with zeros.
+
+    Training-time augmentation for images (N, C, H, W); flat features are returned unchanged.
+    Zero is the mean of standardised data, so the fill adds no artificial edge.
+    """
+    if shift <= 0 or images.ndim != 4:
+        return images
+    n, _, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (shift, shift), (shift, shift)))
+    dy, dx = rng.integers(0, 2 * shift + 1, size=(2, n))
+    rows = dy[:, None] + np.arange(h)[None, :]
+    cols = dx[:, None] + np.arange(w)[None, :]
+    return padded[
+        np.arange(n)[:, None, None, None],
+        np.arange(images.shape[1])[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
+def fit(
+    model: AbstractClassifier,
+    optim: optax.GradientTransformation,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    shift: int = 0,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    checkpoint: Checkpoint | None = None,
+    callback: EpochCallback | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train with mini-batches (the last partial batch of each epoch is dropped).
+
+    After every epoch the held-out accuracy is recorded (when `x_test` is given; it is never
+    used to choose anything), a checkpoint is written, and `callback(epoch, record)` is called.
+    A matching checkpoint in `checkpoint.directory` is resumed from. `shift` > 0 augments
+    images with random translations (see `random_shift`).
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    n = len(x)
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    history: dict[str, list[float]] = {
+        k: [] for k in ("loss", "train_accuracy", "test_accuracy", "mean_steps", "seconds")
+    }
+    start_epoch, seconds = 0, 0.0
+    if checkpoint is not None:
+        loaded = checkpoint.load(model, opt_state)
+        if loaded is not None:
+            state, model, opt_state = loaded
+            start_epoch, seconds = int(state["epoch"]), float(state["train_seconds"])
+            history = {k: list(v) for k, v in state["history"].items()}
+
+    columns = (
+        TextColumn("[bold]classify[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
+        task = bar.add_task("epoch", total=epochs * per_epoch, completed=start_epoch * per_epoch)
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            order = epoch_order(n, seed, epoch)
+            rng = np.random.default_rng([seed, epoch, 1])
+            losses, accs, steps = [], [], []
+            for b in range(per_epoch):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                xb = random_shift(x[idx], shift, rng)
+                model, opt_state, loss, acc, st = train_step(
+                    model, opt_state, jnp.asarray(xb), jnp.asarray(y[idx]), optim
+                )
+                losses.append(loss)
+                accs.append(acc)
+                steps.append(st)
+                bar.update(
+                    task,
+                    advance=1,
+                    description=f"epoch {epoch + 1}/{epochs} loss {float(loss):.3f}",
+                )
+            record = {
+                "loss": float(np.mean(jax.device_get(losses))),
+                "train_accuracy": float(np.mean(jax.device_get(accs))),
+                "mean_steps": float(np.mean(jax.device_get(steps))),
+            }
+            if not np.isfinite(record["loss"]):
+                raise NumericalError(
+                    f"training loss became {record['loss']} in epoch {epoch + 1}; try a smaller "
+                    "learning rate or tighter solver tolerances",
+                    stage="classify",
+                )
+            seconds += time.perf_counter() - t0
+            record["seconds"] = seconds
+            if x_test is not None and y_test is not None:
+                record["test_accuracy"] = evaluate(model, x_test, y_test).accuracy
+            else:
+                record["test_accuracy"] = float("nan")
+            for k, v in record.items():
+                history[k].append(v)
+            if checkpoint is not None:
+                state = {"epoch": epoch + 1, "train_seconds": seconds, "history": history}
+                checkpoint.save(state, model, opt_state)
+            if callback is not None:
+                callback(epoch + 1, record)
+    return FitResult(model, history, seconds, start_epoch)
