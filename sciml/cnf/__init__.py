@@ -24,7 +24,7 @@ from ._flow import (
     resolve_trace,
     sample,
 )
-from ._run import evaluate_log_prob, load_cnf, run_cnf, save_cnf
+from ._run import evaluate_log_prob, load_cnf, prepare_tables, run_cnf, save_cnf
 from ._stats import energy_distance
 from ._train import CNFConfig, FitResult, default_optimiser, fit_cnf, init_cnf, nll_loss
 
@@ -50,6 +50,7 @@ __all__ = [
     "load_table",
     "log_prob",
     "nll_loss",
+    "prepare_tables",
     "resolve_trace",
     "run_cnf",
     "sample",

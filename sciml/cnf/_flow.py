@@ -247,7 +247,6 @@ def log_prob(
         trace=method,
         key=key,
         solver=solver,
-        adjoint=diffrax.DirectAdjoint(),
         rtol=rtol,
         atol=atol,
         max_steps=max_steps,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .._errors import DataError, NumericalError
+from .._errors import InputError, NumericalError
 from .._io import atomic_path, write_json
 from ._data import Table, align_columns, check_rows, load_table
 from ._flow import CNF, ConcatSquashField, log_prob, resolve_trace, sample
@@ -77,6 +77,24 @@ def _split(table: Table, seed: int) -> tuple[Table, Table]:
         Table(table.values[train_rows], table.columns, src),
         Table(table.values[test_rows], table.columns, f"{src} (held-out {TEST_FRACTION:.0%})"),
     )
+
+
+def prepare_tables(
+    data: str | os.PathLike[str], test: str | os.PathLike[str] | None = None, *, seed: int = 0
+) -> tuple[Table, Table]:
+    """Load and validate DATA (and TEST): the `(train, held-out)` tables `run_cnf` uses.
+
+    Cheap (no JAX work): a command line can call it to fail fast before starting anything.
+    **Raises** `DataError` naming the file, column and row.
+    """
+    table = load_table(data)
+    if test is not None:
+        train, held = table, align_columns(table, load_table(test))
+    else:
+        check_rows(table, MIN_BATCH + 1, f"(a batch of {MIN_BATCH} plus a held-out split)")
+        train, held = _split(table, seed)
+    check_rows(train, MIN_BATCH, f"for training (one batch is at least {MIN_BATCH} rows)")
+    return train, held
 
 
 def save_cnf(folder: str | os.PathLike[str], model: CNF, config: CNFConfig, columns) -> None:
@@ -154,19 +172,16 @@ def run_cnf(
     config = config if config is not None else CNFConfig()
     if steps is not None:
         if steps < 1:
-            raise DataError(f"--steps must be a positive integer, not {steps}")
+            raise InputError(f"--steps must be a positive integer, not {steps}")
         config = dataclasses.replace(config, steps=int(steps))
-    table = load_table(data)
-    if test is not None:
-        train, held = table, align_columns(table, load_table(test))
-    else:
-        check_rows(table, MIN_BATCH + 1, f"(a batch of {MIN_BATCH} plus a held-out split)")
-        train, held = _split(table, seed)
-    check_rows(train, MIN_BATCH, f"for training (one batch is at least {MIN_BATCH} rows)")
+    train, held = prepare_tables(data, test, seed=seed)
     config = dataclasses.replace(config, batch_size=min(config.batch_size, len(train)))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # `metrics.json` is written last and marks a complete run: a stale one must not vouch for
+    # the files this run is about to replace.
+    (out / "metrics.json").unlink(missing_ok=True)
     fit = fit_cnf(
         train.values,
         config,
