@@ -30,7 +30,7 @@ from ._train import Checkpoint, EpochCallback, evaluate, fit, make_optimizer
 DATASETS = ("digits",)
 
 #: Settings for the bundled digits (8x8, one channel): a 4x4 state grid, shift augmentation.
-DIGITS_CONFIG = ClassifierConfig(grid=4, width=32, hidden=32, pool=2, shift=1, epochs=20)
+DIGITS_CONFIG = ClassifierConfig(grid=4, width=32, hidden=32, pool=2, shift=1, epochs=30)
 
 
 def default_config(sample_shape: tuple[int, ...], dataset: str | None = None) -> ClassifierConfig:
