@@ -21,6 +21,7 @@ RECORDS = ".prefect"  # Prefect's result records (JSON), one file per cache key
 
 # Settings that do not change a stage's result: left out of its cache key.
 _NOT_IN_KEY = {"engines"}
+_NOT_IN_STAGE_KEY = {"mechanistic-fit": {"ude"}}
 
 
 def file_digest(path: str | Path) -> str:
@@ -40,7 +41,11 @@ def stage_key(name: str, inputs: Mapping[str, Any], config: Mapping[str, Any], *
         "sciml": sciml.__version__,
         "data": inputs["data_sha256"],
         "model": inputs["model_sha256"],
-        "config": {k: v for k, v in config.items() if k not in _NOT_IN_KEY},
+        "config": {
+            k: v
+            for k, v in config.items()
+            if k not in _NOT_IN_KEY | _NOT_IN_STAGE_KEY.get(name, set())
+        },
         "extra": extra,
     }
     text = json.dumps(payload, sort_keys=True, default=str)

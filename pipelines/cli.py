@@ -154,6 +154,9 @@ def _run(args: argparse.Namespace) -> None:
         params = CNFParams(
             data=args.data, out=args.out, test=args.test, seed=args.seed, steps=args.steps
         )
+        from sciml.cnf import prepare_tables
+
+        prepare_tables(params.data, params.test, seed=params.seed)  # fail fast on bad data
         from pipelines.flows import cnf
 
         metrics = cnf(params)

@@ -19,7 +19,7 @@ from pipelines.params import ClassifyParams, DiscoverParams, SweepParams, UDESet
 ROOT = Path(__file__).resolve().parent.parent
 LV = ROOT / "data" / "lotka_volterra"
 CSV, MODEL, MODEL_FULL = LV / "lotka_volterra.csv", LV / "model.toml", LV / "model_full.toml"
-TINY = UDESettings(width=8, depth=1, windows=(1.0,), adam_steps=20, lbfgs_steps=5, chunk=20)
+TINY = UDESettings(windows=(1.0,), adam_steps=30, lbfgs_steps=10)
 
 
 def tiny_params(out: Path, results: Path, **kw) -> DiscoverParams:
@@ -85,6 +85,10 @@ def test_stage_key_sees_version_config_and_content(monkeypatch):
     assert key != _store.stage_key("ude-training", _inputs(), changed)
     assert key != _store.stage_key("ude-training", _inputs(), {**config, "seed": 1})
     assert key != _store.stage_key("dense-sampling", _inputs(), config)
+    # the mechanistic fit does not depend on the UDE's settings
+    fit_key = _store.stage_key("mechanistic-fit", _inputs(), config)
+    assert fit_key == _store.stage_key("mechanistic-fit", _inputs(), changed)
+    assert fit_key != _store.stage_key("mechanistic-fit", _inputs(), {**config, "seed": 1})
     monkeypatch.setattr(sciml, "__version__", "999.0")
     assert key != _store.stage_key("ude-training", _inputs(), config)
 
@@ -208,37 +212,78 @@ def test_input_error_inside_a_task_exits_2(prefect_harness, tmp_path, monkeypatc
 
 
 # -- flows -------------------------------------------------------------------------------------
-def test_discover_caches_ude_training(prefect_harness, shared_results, tmp_path):
-    """Same inputs: the UDE training task is Cached; a changed setting trains again."""
+def test_ude_training_is_cached(prefect_harness, shared_results, tmp_path):
+    """Same inputs: the UDE training task is Cached; a changed setting trains again.
+
+    The flow is the discovery flow's first stages (the same task objects and cache keys), so
+    that the check does not depend on the later stages' numerics.
+    """
+    from prefect import flow
+
+    from pipelines import tasks
+    from pipelines.flows import discovery_config
+    from pipelines.tasks import in_results
+
+    @flow
+    def fit_and_train(params: DiscoverParams) -> str:
+        config, results = discovery_config(params), str(params.results_dir)
+        inputs = tasks.ingest(str(params.data), str(params.model))
+        fit = in_results(tasks.mechanistic_fit, results)(inputs, config, results)
+        return in_results(tasks.ude_training, results)(inputs, fit, config, results)
+
+    def run(params):
+        t = time.perf_counter()
+        state = fit_and_train(params, return_state=True)
+        assert state.is_completed(), state.message
+        runs = task_runs(state.state_details.flow_run_id)
+        return runs, state.result(), time.perf_counter() - t
+
+    params = tiny_params(tmp_path / "a", shared_results)
+    runs, first, _ = run(params)
+    assert runs["ude-training"] == "Completed"
+    assert {"ude.eqx", "ude.json", "history.json"} <= {p.name for p in Path(first).iterdir()}
+    mtime = (Path(first) / "ude.eqx").stat().st_mtime_ns
+
+    runs, second, seconds = run(params.model_copy(update={"out": tmp_path / "b"}))
+    assert runs["ude-training"] == "Cached" and runs["mechanistic-fit"] == "Cached"
+    assert second == first and (Path(first) / "ude.eqx").stat().st_mtime_ns == mtime
+
+    changed = params.model_copy(update={"ude": TINY.model_copy(update={"adam_steps": 35})})
+    runs, third, _ = run(changed)
+    assert runs["ude-training"] == "Completed" and runs["mechanistic-fit"] == "Cached"
+    assert third != first and (Path(third) / "ude.eqx").exists()
+
+
+def quick_params(out: Path, results: Path) -> DiscoverParams:
+    """`--quick --engines sindy`: the selection and refit want a better UDE than TINY's."""
+    return DiscoverParams(
+        data=CSV, model=MODEL, out=out, engines=("sindy",), quick=True, results=results
+    )
+
+
+@pytest.mark.slow
+def test_discover_end_to_end(prefect_harness, shared_results, tmp_path):
+    """Every stage of the discovery flow; a second run reuses the cached stages."""
     from pipelines.flows import discover
 
-    first = discover(tiny_params(tmp_path / "a", shared_results), return_state=True)
-    assert first.is_completed(), first.message
-    runs = task_runs(first.state_details.flow_run_id)
-    assert runs["ude-training"] == "Completed"
-    assert runs["symbolic-sindy"] == "Completed"
-    for stage in ("ingest", "mechanistic-fit", "dense-sampling", "selection-and-refit"):
+    params = quick_params(tmp_path / "a", shared_results)
+    state = discover(params, return_state=True)
+    assert state.is_completed(), state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    for stage in ("ingest", "mechanistic-fit", "ude-training", "dense-sampling", "symbolic-sindy"):
         assert stage in runs
-    a = json.loads((tmp_path / "a" / "discovered.json").read_text())
-    assert set(a["equations"]) == {"x", "y"}
-    assert (tmp_path / "a" / "ude.eqx").exists() and (tmp_path / "a" / "equations.csv").exists()
-
-    second = discover(tiny_params(tmp_path / "b", shared_results), return_state=True)
-    assert second.is_completed(), second.message
-    runs = task_runs(second.state_details.flow_run_id)
-    assert runs["ude-training"] == "Cached"
-    assert runs["selection-and-refit"] == "Cached"
-    b = json.loads((tmp_path / "b" / "discovered.json").read_text())
-    assert b["equations"] == a["equations"]
-
-    changed = TINY.model_copy(update={"adam_steps": 25})
-    params = tiny_params(tmp_path / "c", shared_results).model_copy(update={"ude": changed})
-    third = discover(params, return_state=True)
-    assert third.is_completed(), third.message
-    runs = task_runs(third.state_details.flow_run_id)
-    assert runs["ude-training"] == "Completed"
-    trained = sorted(p.name for p in shared_results.glob("ude-training-*"))
-    assert len(trained) == 2
+    assert runs["selection-and-refit"] == "Completed"
+    result = json.loads((tmp_path / "a" / "discovered.json").read_text())
+    assert set(result["equations"]) == {"x", "y"}
+    for name in ("config.json", "ude.eqx", "equations.csv", "run.log"):
+        assert (tmp_path / "a" / name).exists(), name
+    again = discover(params.model_copy(update={"out": tmp_path / "b"}), return_state=True)
+    runs = task_runs(again.state_details.flow_run_id)
+    assert runs["ude-training"] == "Cached" and runs["selection-and-refit"] == "Cached"
+    assert (
+        json.loads((tmp_path / "b" / "discovered.json").read_text())["equations"]
+        == (result["equations"])
+    )
 
 
 def test_sweep_on_a_local_dask_cluster(prefect_harness, tmp_path, monkeypatch):

@@ -122,16 +122,19 @@ DISCOVER = """
 import sys
 from pathlib import Path
 from pipelines.flows import discover
-from pipelines.params import DiscoverParams, UDESettings
-tiny = UDESettings(width=8, depth=1, windows=(1.0,), adam_steps=20, lbfgs_steps=5, chunk=20)
+from pipelines.params import DiscoverParams
 state = discover(DiscoverParams(data=sys.argv[1], model=sys.argv[2], out=sys.argv[3],
-                 engines=("sindy",), ude=tiny, results=sys.argv[4]), return_state=True)
+                 engines=("sindy",), quick=True, results=sys.argv[4]), return_state=True)
 print("FLOW_RUN", state.state_details.flow_run_id)
 """
 
 
 def test_discover_against_the_server(server, shared_results, tmp_path):
-    """`discover` with PREFECT_API_URL set: flow run, task runs and artifacts on the server."""
+    """`discover` with PREFECT_API_URL set: flow run, task runs and artifacts on the server.
+
+    Same settings and results folder as test_pipelines' end-to-end run: after it, the stages
+    are cache hits (the cache lives in files, not in either API's database).
+    """
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
