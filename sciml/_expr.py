@@ -46,7 +46,6 @@ _BINOPS = {
     ast.Mult: lambda a, b: a * b,
     ast.Div: lambda a, b: a / b,
     ast.Pow: lambda a, b: a**b,
-    ast.BitXor: lambda a, b: a**b,  # "^" is power in a model file
 }
 _OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
@@ -55,7 +54,7 @@ def _fold(op: type, a: sp.Expr, b: sp.Expr, where: str) -> sp.Expr:
     """Numeric op on two numbers, in float, refusing overflow and division by zero."""
     x, y = float(a), float(b)
     try:
-        if op in (ast.Pow, ast.BitXor):
+        if op is ast.Pow:
             value = math.pow(x, y)
         else:
             value = {ast.Add: x + y, ast.Sub: x - y, ast.Mult: x * y}.get(op)
@@ -83,8 +82,11 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
         raise ModelFileError(f'{where}: empty expression (write "0" when nothing is known)')
     if text.count("(") > MAX_DEPTH:
         raise ModelFileError(f"{where}: expression nested too deeply (max {MAX_DEPTH} levels)")
+    # "^" is power in mathematics; Python's parser would give it lower precedence than "+"
+    # (x^2 + 1 would read as x^(2 + 1)), so it is spelled "**" before parsing.
+    source = text.strip().replace("^", "**")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(source, mode="eval")
     except SyntaxError as err:
         col = f" at column {err.offset}" if err.offset else ""
         raise ModelFileError(f"{where}: syntax error{col}: {err.msg} in {text!r}") from None
@@ -127,7 +129,7 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
             a, b = walk(node.left, depth + 1), walk(node.right, depth + 1)
             if a.is_number and b.is_number:
                 return _fold(type(node.op), a, b, where)
-            if isinstance(node.op, ast.Pow | ast.BitXor) and b.is_number and abs(float(b)) > 64:
+            if isinstance(node.op, ast.Pow) and b.is_number and abs(float(b)) > 64:
                 raise fail(node, f"exponent {b} too large (max 64)")
             return _BINOPS[type(node.op)](a, b)
         if isinstance(node, ast.Call):

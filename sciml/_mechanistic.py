@@ -145,6 +145,7 @@ def fit_mechanistic(
 
     z0 = transform.to_z(jnp.asarray(guesses))
     starts = [z0]
+    n_starts = n_starts if len(free_idx) else 1  # nothing to perturb
     keys = jax.random.split(key, max(n_starts - 1, 1))
     for k in keys[: n_starts - 1]:
         noise = spread * jax.random.normal(k, z0.shape)

@@ -296,7 +296,11 @@ def train_ude(
             if progress is not None:
                 progress(f"Adam, window {fraction:.0%}", done, total, float(values[-1]))
 
-    lbfgs = optax.lbfgs()
+    lbfgs = optax.lbfgs(
+        linesearch=optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=15, store_grad=True
+        )
+    )
     lbfgs_state = lbfgs.init(trainable)
     best = (trainable, _make_loss(static, ts, ys, mask, scale, config)(trainable))
     for start in range(0, config.lbfgs_steps, config.chunk):

@@ -7,6 +7,8 @@ order without Prefect (for tests, notebooks and the library's own users).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import platform
 import time
@@ -15,17 +17,31 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
+import pandas as pd
+import sympy as sp
 
 from ._data import TrajectorySet, load_trajectories
-from ._io import write_json
+from ._distil import (
+    DenseSamples,
+    Selection,
+    dense_samples,
+    model_field,
+    rmse,
+    select_and_refit,
+    simulate_field,
+)
+from ._errors import InputError
+from ._io import atomic_path, write_json
 from ._mechanistic import MechanisticFit, fit_mechanistic
 from ._model import MechanisticModel, load_model
 from ._rundir import run_directory
-from ._ude import TrainedUDE, UDEConfig, train_ude, trajectory_rmse
+from ._ude import TrainedUDE, UDEConfig, train_ude
 
 log = logging.getLogger("sciml")
 
 RESULT_FILES = ("discovered.json", "equations.csv", "report.html")
+KNOWN_ENGINES = ("sindy", "operon", "pysr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +49,12 @@ class DiscoveryConfig:
     """Everything that determines a discovery run's result (hashed for caching)."""
 
     seed: int = 0
-    engines: tuple[str, ...] = ("sindy", "operon", "pysr")
+    engines: tuple[str, ...] = KNOWN_ENGINES
     n_starts: int = 8
     fit_initial_state: bool = True
+    holdout: float = 0.0  # fraction of each trajectory's span kept out of training
+    extrapolate: float = 0.5  # simulate this fraction of the span past the data
+    n_extra_starts: int = 4
     ude: UDEConfig = UDEConfig()
 
     @classmethod
@@ -43,14 +62,26 @@ class DiscoveryConfig:
         cls,
         *,
         seed: int = 0,
-        engines: Sequence[str] = ("sindy", "operon", "pysr"),
+        engines: Sequence[str] = KNOWN_ENGINES,
         quick: bool = False,
+        holdout: float = 0.0,
     ) -> DiscoveryConfig:
+        if not 0.0 <= holdout < 0.9:
+            raise InputError(f"holdout must be in [0, 0.9); got {holdout}")
+        engines = tuple(e.strip().lower() for e in engines)
+        unknown = [e for e in engines if e not in KNOWN_ENGINES]
+        if unknown or not engines:
+            raise InputError(f"unknown engine(s) {unknown}; choose from {list(KNOWN_ENGINES)}")
         ude = UDEConfig().quick() if quick else UDEConfig()
-        return cls(seed=seed, engines=tuple(engines), ude=ude)
+        return cls(seed=seed, engines=engines, ude=ude, holdout=holdout)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of the settings (for cache keys)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def versions() -> dict[str, str]:
@@ -83,6 +114,15 @@ def load_inputs(
     return model, data
 
 
+def split_data(
+    data: TrajectorySet, config: DiscoveryConfig
+) -> tuple[TrajectorySet, TrajectorySet | None]:
+    """Training data and the held-out tail of each trajectory (None without a holdout)."""
+    if config.holdout <= 0:
+        return data, None
+    return data.split_time(1.0 - config.holdout)
+
+
 def mechanistic_stage(
     model: MechanisticModel, data: TrajectorySet, config: DiscoveryConfig
 ) -> MechanisticFit:
@@ -108,6 +148,216 @@ def ude_stage(
     )
 
 
+def dense_stage(trained: TrainedUDE, data: TrajectorySet, config: DiscoveryConfig) -> DenseSamples:
+    """Stage 4: dense states and the network's residual along the learned field."""
+    return dense_samples(
+        trained, data, key=jax.random.key(config.seed + 2), n_extra_starts=config.n_extra_starts
+    )
+
+
+def symbolic_stage(
+    dense: DenseSamples, engine: str, config: DiscoveryConfig
+) -> tuple[pd.DataFrame, str | None]:
+    """Stage 5, one engine: candidates for every residual state, or why it is unavailable."""
+    from .symbolic import EngineUnavailable, make_engines
+
+    parts = []
+    for j, state in enumerate(dense.residual_states):
+        (eng,) = make_engines([engine], seed=config.seed)
+        try:
+            eng.fit(dense.X, dense.residual[:, j], feature_names=list(dense.states))
+        except EngineUnavailable as err:
+            return pd.DataFrame(), str(err)
+        part = eng.equations_.copy()
+        part.insert(0, "engine", engine)
+        part.insert(0, "state", state)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True), None
+
+
+def selection_stage(
+    model: MechanisticModel,
+    fit: MechanisticFit,
+    table: pd.DataFrame,
+    data: TrajectorySet,
+    config: DiscoveryConfig,
+) -> Selection:
+    """Stage 6: formulas back into the model, every constant refit, needless terms pruned."""
+    return select_and_refit(
+        model, fit.params, table, data, fit_initial_state=config.fit_initial_state
+    )
+
+
+def _horizon(data: TrajectorySet, test: TrajectorySet | None, extrapolate: float, n: int = 300):
+    grids = []
+    for tr in data.trajectories:
+        end = tr.t1 + extrapolate * (tr.t1 - tr.t0)
+        if test is not None and tr.name in test.names:
+            end = max(end, test.trajectories[test.names.index(tr.name)].t1)
+        grids.append(np.linspace(tr.t0, end, n))
+    return np.stack(grids)
+
+
+def _holdout_rmse(field, y0s, train: TrajectorySet, test: TrajectorySet) -> np.ndarray:
+    """RMSE on the held-out tails, integrating each trajectory from its own start."""
+    idx = [train.names.index(n) for n in test.names]
+    ts, _, _ = train.padded()
+    tts, tys, tmask = test.padded()
+    full = np.concatenate([ts[idx], tts], axis=1)
+    pred, _ = simulate_field(field, np.asarray(y0s)[idx], full)
+    return rmse(pred[:, ts.shape[1] :], tys, tmask)
+
+
+def evaluation_stage(
+    model: MechanisticModel,
+    fit: MechanisticFit,
+    trained: TrainedUDE | None,
+    selection: Selection | None,
+    train: TrajectorySet,
+    test: TrajectorySet | None,
+    config: DiscoveryConfig,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Errors of the mechanistic, UDE and final models in and past the training window.
+
+    Returns the metrics and the dense predictions of every model (for the report).
+    """
+    ts, ys, mask = train.padded()
+    models: dict[str, tuple[Any, np.ndarray]] = {
+        "mechanistic": (model_field(model, fit.params), fit.y0)
+    }
+    if trained is not None:
+        models["ude"] = (trained.ude, trained.y0)
+    if selection is not None:
+        models["final"] = (model_field(selection.final_model(), []), selection.refit.y0)
+    grid = _horizon(train, test, config.extrapolate)
+    data_max = np.max(np.abs(np.concatenate([tr.y for tr in train.trajectories])), axis=0)
+    metrics: dict[str, Any] = {"extrapolation_bounded": {}}
+    dense: dict[str, np.ndarray] = {}
+    for name, (field, y0s) in models.items():
+        pred, _ = simulate_field(field, y0s, ts)
+        metrics[f"{name}_rmse"] = dict(zip(model.states, rmse(pred, ys, mask).tolist()))
+        if test is not None:
+            err = _holdout_rmse(field, y0s, train, test)
+            metrics[f"{name}_rmse_holdout"] = dict(zip(model.states, err.tolist()))
+        dense[name], ok = simulate_field(field, y0s, grid)
+        bounded = bool(np.all(ok)) and bool(np.all(np.abs(dense[name]) <= 10 * data_max))
+        metrics["extrapolation_bounded"][name] = bounded
+    if "final" in dense and "ude" in dense:
+        diff = np.nan_to_num(dense["final"] - dense["ude"], nan=1e6, posinf=1e6, neginf=-1e6)
+        rel = np.linalg.norm(diff, axis=(0, 1)) / np.maximum(
+            np.linalg.norm(dense["ude"], axis=(0, 1)), 1e-12
+        )
+        metrics["final_vs_ude_extrapolation"] = dict(zip(model.states, rel.tolist()))
+    frames = []
+    for name, pred in dense.items():
+        for i, traj in enumerate(train.names):
+            frame = pd.DataFrame(pred[i], columns=list(model.states))
+            frame.insert(0, "t", grid[i])
+            frame.insert(0, "trajectory", traj)
+            frame.insert(0, "model", name)
+            frames.append(frame)
+    return metrics, pd.concat(frames, ignore_index=True)
+
+
+def summarise(
+    model: MechanisticModel,
+    fit: MechanisticFit,
+    selection: Selection | None,
+    metrics: dict[str, Any],
+    config: DiscoveryConfig,
+    unavailable: dict[str, str],
+) -> dict[str, Any]:
+    """The content of `discovered.json` (DESIGN §4), deterministic for a given seed."""
+    result: dict[str, Any] = {
+        "parameters": fit.parameter_dict,
+        "equations": model.inlined(fit.params),
+        "residual": {},
+        "metrics": metrics,
+        "mechanistic": {"equations": model.inlined(fit.params), "cost": fit.cost},
+        "engines": {
+            "requested": list(config.engines),
+            "used": [e for e in config.engines if e not in unavailable],
+            "unavailable": unavailable,
+        },
+    }
+    if selection is None:
+        return result
+    tm, refit = selection.term_model, selection.refit
+    result["equations"] = selection.equations()
+    terms = []
+    for term, keep in zip(tm.terms, selection.mask):
+        i = tm.model.parameters.index(term.parameter)
+        terms.append(
+            {
+                "state": term.state,
+                "term": str(term.expr.subs(sp.Symbol(term.parameter, real=True), 1)),
+                "coefficient": float(refit.params[i]) if keep else 0.0,
+                "stderr": float(refit.stderr[i]) if keep else None,
+                "origin": term.origin,
+                "kept": bool(keep),
+            }
+        )
+    result["terms"] = terms
+    for state, chosen in selection.chosen.items():
+        active = [
+            t for t in terms if t["state"] == state and t["kept"] and t["origin"] == "discovered"
+        ]
+        formula = sp.Add(*[sp.Float(t["coefficient"], 6) * sp.sympify(t["term"]) for t in active])
+        result["residual"][state] = {
+            **{k: v for k, v in chosen.items() if k != "row"},
+            "final": str(formula),
+        }
+    result["pruned"] = selection.pruned
+    result["refit"] = {
+        "sse": refit.sse,
+        "bic": refit.bic,
+        "n": refit.n,
+        "candidates_tried": selection.tried,
+    }
+    return result
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def _write_parquet(path: Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def pareto_csv(table: pd.DataFrame, selection: Selection | None) -> pd.DataFrame:
+    """The one Pareto table of DESIGN §4: state, engine, complexity, loss, score, equation,
+    selected, then engine-specific columns (JSON-encoded where they hold dicts)."""
+    csv = table.drop(columns=[c for c in table.columns if c.startswith("_") or c == "sympy_format"])
+    selected = np.zeros(len(table), dtype=bool)
+    if selection is not None:
+        for chosen in selection.chosen.values():
+            selected[table.index.get_loc(chosen["row"])] = True
+    csv = csv.assign(selected=selected)
+    front = ["state", "engine", "complexity", "loss", "score", "equation", "selected"]
+    csv = csv[front + [c for c in csv.columns if c not in front]]
+    for col in csv.columns:
+        if csv[col].map(lambda v: isinstance(v, dict | list)).any():
+            csv[col] = csv[col].map(lambda v: json.dumps(v) if isinstance(v, dict | list) else v)
+    return csv
+
+
+def write_outputs(
+    out: Path,
+    result: dict[str, Any],
+    table: pd.DataFrame,
+    selection: Selection | None,
+    predictions: pd.DataFrame,
+    timings: dict[str, float],
+) -> None:
+    """Write DESIGN §4's files; `discovered.json` last, so it appears only when all is there."""
+    _write_parquet(out / "predictions.parquet", predictions)
+    if len(table):
+        with atomic_path(out / "equations.csv") as tmp:
+            pareto_csv(table, selection).to_csv(tmp, index=False)
+    write_json(out / "run.json", {"timings": timings, "versions": versions()})
+    write_json(out / "discovered.json", result)
+
+
+# -- the whole pipeline ------------------------------------------------------------------------
 def rich_progress() -> tuple[Any, Callable[[str, int, int, float], None]]:
     """A rich progress bar and the callback that advances it."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -142,12 +392,13 @@ def run_discovery(
     out: str | Path,
     *,
     seed: int = 0,
-    engines: Sequence[str] = ("sindy", "operon", "pysr"),
+    engines: Sequence[str] = KNOWN_ENGINES,
     quick: bool = False,
+    holdout: float = 0.0,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run every discovery stage and write DESIGN §4's outputs into `out`."""
-    config = DiscoveryConfig.make(seed=seed, engines=engines, quick=quick)
+    config = DiscoveryConfig.make(seed=seed, engines=engines, quick=quick, holdout=holdout)
     model, data = load_inputs(data_path, model_path)  # bad input fails before any folder work
     with run_directory(out, clear=RESULT_FILES) as out:
         handler = _attach_log(out)
@@ -159,9 +410,23 @@ def run_discovery(
 
 
 def _run(
-    model, data, config, out: Path, data_path: Path, model_path: Path, show_progress: bool
+    model: MechanisticModel,
+    data: TrajectorySet,
+    config: DiscoveryConfig,
+    out: Path,
+    data_path: Path,
+    model_path: Path,
+    show_progress: bool,
 ) -> dict[str, Any]:
     timings: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        t = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - t
+        log.info("stage %s: %.1f s", name, timings[name])
+        return value
+
     log.info("data %s: %d trajectories, %d points", data_path, len(data), data.n_points)
     write_json(
         out / "config.json",
@@ -173,37 +438,36 @@ def _run(
             "versions": versions(),
         },
     )
-    t = time.perf_counter()
-    fit = mechanistic_stage(model, data, config)
-    timings["mechanistic"] = time.perf_counter() - t
+    train, test = split_data(data, config)
+    fit = timed("mechanistic", mechanistic_stage, model, train, config)
     log.info("mechanistic fit: %s (cost %.4g, %s)", fit.parameter_dict, fit.cost, fit.message)
-
-    result: dict[str, Any] = {
-        "parameters": fit.parameter_dict,
-        "mechanistic": {"equations": model.inlined(fit.params), "rmse": fit.rmse.tolist()},
-    }
-    metrics: dict[str, Any] = {"mechanistic_rmse": dict(zip(model.states, fit.rmse.tolist()))}
+    trained = selection = None
+    table = pd.DataFrame()
+    unavailable: dict[str, str] = {}
     if model.residual_states:
-        t = time.perf_counter()
         if show_progress:
             bar, callback = rich_progress()
             with bar:
-                trained = ude_stage(fit, data, config, progress=callback)
+                trained = timed("ude", ude_stage, fit, train, config, progress=callback)
         else:
-            trained = ude_stage(fit, data, config)
-        timings["ude"] = time.perf_counter() - t
+            trained = timed("ude", ude_stage, fit, train, config)
         trained.save(out)
-        ude_rmse = trajectory_rmse(trained.ude, trained.y0, data)
-        metrics["ude_rmse"] = dict(zip(model.states, ude_rmse.tolist()))
-        metrics["ude_final_loss"] = (
-            trained.history["lbfgs"][-1]
-            if trained.history["lbfgs"]
-            else trained.history["adam"][-1]
-        )
-        log.info("UDE trained in %.1f s: RMSE %s", timings["ude"], metrics["ude_rmse"])
-    result["equations"] = model.inlined(fit.params)
-    result["metrics"] = metrics
-    result["timings"] = timings
-    write_json(out / "discovered.json", result)
-    result["out"] = str(out)
-    return result
+        dense = timed("dense", dense_stage, trained, train, config)
+        _write_parquet(out / "dense.parquet", dense.to_frame())
+        tables = []
+        for engine in config.engines:
+            part, reason = timed(f"engine:{engine}", symbolic_stage, dense, engine, config)
+            if reason is not None:
+                unavailable[engine] = reason
+                log.warning("engine %s unavailable: %s", engine, reason)
+            tables.append(part)
+        table = pd.concat(tables, ignore_index=True)
+        if len(table):
+            selection = timed("selection", selection_stage, model, fit, table, train, config)
+            log.info("final equations: %s", selection.equations())
+    metrics, predictions = timed(
+        "evaluation", evaluation_stage, model, fit, trained, selection, train, test, config
+    )
+    result = summarise(model, fit, selection, metrics, config, unavailable)
+    write_outputs(out, result, table, selection, predictions, timings)
+    return {**result, "out": str(out), "timings": timings}

@@ -27,12 +27,14 @@ def validate_regression_data(
     X: Any, y: Any, feature_names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Check and convert (X, y, feature_names); raise `InputError` naming what is wrong."""
-    X = np.asarray(X, dtype=float)
-    y = np.asarray(y, dtype=float)
+    # Writable C-ordered copies: compiled engines (pyoperon) refuse read-only arrays (e.g.
+    # from Parquet) and strided views such as M[:, j].
+    X = np.array(X, dtype=float, order="C", copy=True)
+    y = np.array(y, dtype=float, order="C", copy=True)
     if X.ndim != 2:
         raise InputError(f"X must be a 2-D array (samples, features); got shape {X.shape}")
     if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
+        y = np.array(y[:, 0], order="C")
     if y.ndim != 1 or y.shape[0] != X.shape[0]:
         raise InputError(f"y must have shape ({X.shape[0]},) to match X; got {y.shape}")
     if X.shape[0] < 2:

@@ -1,0 +1,579 @@
+"""Stages 4-6: dense samples from the learned field, formula selection, refit and pruning.
+
+1. `dense_samples`: integrate the trained UDE densely from every trajectory's start and from
+   starts spread around the data; the network's output at those states is the regression
+   target for the symbolic engines (no finite differences of noisy data needed).
+2. `select_and_refit`: per residual state, the engines' candidates on one Pareto table; the
+   leading candidates go back into the ODE (mechanistic part + formula), every constant is refit
+   against the *data* through the ODE solve, and discovered terms whose removal does not worsen
+   the fit beyond the noise level (BIC) are pruned, one at a time.
+3. `extrapolation`: the final, UDE and mechanistic models simulated past the training window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+import pandas as pd
+import sympy as sp
+from jaxtyping import PRNGKeyArray
+
+from ._data import TrajectorySet
+from ._errors import NumericalError
+from ._mechanistic import simulate
+from ._model import MechanisticModel
+from ._solve import solve
+from ._ude import TrainedUDE
+
+_FAILED = 1e3
+
+
+# -- 1. dense samples ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DenseSamples:
+    """States along integrated UDE trajectories and the network's residual there."""
+
+    states: tuple[str, ...]
+    residual_states: tuple[str, ...]
+    t: np.ndarray  # (n,)
+    X: np.ndarray  # (n, D) states
+    residual: np.ndarray  # (n, R) network output on the residual states
+    derivative: np.ndarray  # (n, D) the whole learned field
+    source: np.ndarray  # (n,) trajectory index, or -1 for the extra starts
+
+    def to_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.X, columns=list(self.states))
+        df.insert(0, "t", self.t)
+        df.insert(0, "source", self.source)
+        for j, s in enumerate(self.residual_states):
+            df[f"residual_{s}"] = self.residual[:, j]
+        for j, s in enumerate(self.states):
+            df[f"d{s}_dt"] = self.derivative[:, j]
+        return df
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, states, residual_states) -> DenseSamples:
+        return cls(
+            states=tuple(states),
+            residual_states=tuple(residual_states),
+            t=df["t"].to_numpy(),
+            X=df[list(states)].to_numpy(),
+            residual=df[[f"residual_{s}" for s in residual_states]].to_numpy(),
+            derivative=df[[f"d{s}_dt" for s in states]].to_numpy(),
+            source=df["source"].to_numpy(),
+        )
+
+
+def dense_samples(
+    trained: TrainedUDE,
+    data: TrajectorySet,
+    *,
+    key: PRNGKeyArray,
+    n_per_trajectory: int = 200,
+    n_extra_starts: int = 4,
+    spread: float = 0.05,
+) -> DenseSamples:
+    """Sample the learned field densely along trajectories of the trained UDE.
+
+    Extra starts are data states perturbed by `spread` of each state's range; their trajectories
+    are kept only inside the region the data cover (its bounding box, widened by 5%), since the
+    network is not trusted far from the data.
+    """
+    ude = trained.ude
+    allys = np.concatenate([tr.y for tr in data.trajectories])
+    lo, hi = allys.min(0), allys.max(0)
+    pad = 0.05 * (hi - lo)
+    lo_box, hi_box = lo - pad, hi + pad
+    starts, spans, sources = [], [], []
+    for i, tr in enumerate(data.trajectories):
+        starts.append(trained.y0[i])
+        spans.append((tr.t0, tr.t1))
+        sources.append(i)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
+    for k in range(n_extra_starts):
+        i = k % len(data)
+        tr = data.trajectories[i]
+        row = tr.y[rng.integers(len(tr.t))]
+        y0 = np.clip(row + spread * (hi - lo) * rng.standard_normal(len(row)), lo, hi)
+        starts.append(y0)
+        spans.append((tr.t0, tr.t1))
+        sources.append(-1)
+    ts = np.stack([np.linspace(a, b, n_per_trajectory) for a, b in spans])
+    ys, ok = jax.vmap(lambda y0, t: solve(ude, y0, t)[:2])(
+        jnp.asarray(np.stack(starts)), jnp.asarray(ts)
+    )
+    ys, ok = np.asarray(ys), np.asarray(ok)
+    keep_t, keep_y, keep_s = [], [], []
+    for j in range(len(starts)):
+        inside = np.all((ys[j] >= lo_box) & (ys[j] <= hi_box), axis=1) & np.all(
+            np.isfinite(ys[j]), axis=1
+        )
+        if sources[j] >= 0 and not ok[j]:
+            raise NumericalError(
+                "the trained UDE cannot be integrated",
+                stage="dense",
+                trajectory=data.names[sources[j]],
+            )
+        keep_t.append(ts[j][inside])
+        keep_y.append(ys[j][inside])
+        keep_s.append(np.full(inside.sum(), sources[j]))
+    X = np.concatenate(keep_y)
+    idx = list(ude.model.residual_index)
+    residual = np.asarray(jax.vmap(ude.residual)(jnp.asarray(X)))[:, idx]
+    derivative = np.asarray(jax.vmap(ude)(jnp.asarray(np.concatenate(keep_t)), jnp.asarray(X)))
+    return DenseSamples(
+        states=ude.model.states,
+        residual_states=ude.model.residual_states,
+        t=np.concatenate(keep_t),
+        X=X,
+        residual=residual,
+        derivative=derivative,
+        source=np.concatenate(keep_s),
+    )
+
+
+# -- 2. refit of a model in additive terms -------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Term:
+    state: str
+    parameter: str  # the term's outer coefficient; 0 removes the term
+    expr: sp.Expr  # the term with its coefficient symbolic
+    origin: str  # "theory" (matches a term of the declared model) or "discovered"
+
+
+@dataclasses.dataclass(frozen=True)
+class TermModel:
+    """A model written as a sum of terms per state, every constant a parameter."""
+
+    model: MechanisticModel
+    terms: tuple[Term, ...]
+
+    def inlined(self, params, mask) -> dict[str, str]:
+        subs = {
+            sp.Symbol(n, real=True): sp.Float(float(v) * float(m), 6)
+            for n, v, m in zip(self.model.parameters, params, self._param_mask(mask))
+        }
+        return {
+            s: str(sp.expand(eq.xreplace(subs)))
+            for s, eq in zip(self.model.states, self.model.equations)
+        }
+
+    def _param_mask(self, term_mask) -> np.ndarray:
+        m = np.ones(len(self.model.parameters))
+        for term, keep in zip(self.terms, term_mask):
+            m[self.model.parameters.index(term.parameter)] = float(keep)
+        return m
+
+
+def _monomial(term: sp.Expr) -> sp.Expr:
+    coeff, rest = term.as_coeff_Mul()
+    return rest
+
+
+def build_term_model(
+    model: MechanisticModel, mech_params: Sequence[float], formulas: dict[str, sp.Expr]
+) -> TermModel:
+    """Mechanistic equations (fitted numbers inlined) plus formulas, split into additive terms.
+
+    Each term's numeric coefficient becomes a parameter `c_<state>_<k>`; constants inside a
+    term (e.g. in `x/(1 + 0.5*y)`) become parameters `k_<state>_<k>` too, so the refit moves
+    every number. A term is "theory" when the declared model has a term of the same form.
+    """
+    subs = dict(zip(model.parameter_symbols, [sp.Float(float(v)) for v in mech_params]))
+    table = model.symbol_table()
+    names, guesses, equations, terms = [], [], [], []
+    for state, eq in zip(model.states, model.equations):
+        ones = {p: sp.Integer(1) for p in model.parameter_symbols}
+        theory_forms = {
+            _monomial(t) for t in sp.Add.make_args(sp.expand(eq.xreplace(ones))) if t != 0
+        }
+        total = eq.xreplace(subs)
+        if state in formulas:
+            formula = formulas[state].xreplace(
+                {s: table[s.name] for s in formulas[state].free_symbols}
+            )
+            total = total + formula
+        total = sp.expand(total)
+        rhs = sp.Integer(0)
+        for k, term in enumerate(sp.Add.make_args(total)):
+            if term == 0:
+                continue
+            coeff, rest = term.as_coeff_Mul()
+            inner = sorted(rest.atoms(sp.Float), key=str)
+            for j, f in enumerate(inner):
+                name = f"k_{state}_{k}_{j}"
+                rest = rest.xreplace({f: sp.Symbol(name, real=True)})
+                names.append(name)
+                guesses.append(float(f))
+            pname = f"c_{state}_{k}"
+            names.append(pname)
+            guesses.append(float(coeff))
+            psym = sp.Symbol(pname, real=True)
+            rhs = rhs + psym * rest
+            origin = "theory" if not inner and rest in theory_forms else "discovered"
+            terms.append(Term(state, pname, psym * rest, origin))
+        equations.append(rhs)
+    new = model.with_equations(equations, names, guesses)
+    return TermModel(new, tuple(terms))
+
+
+@dataclasses.dataclass(frozen=True)
+class Refit:
+    params: np.ndarray
+    stderr: np.ndarray
+    y0: np.ndarray
+    sse: float
+    n: int
+    k: int
+    ok: bool
+
+    @property
+    def bic(self) -> float:
+        return self.n * math.log(max(self.sse, 1e-300) / self.n) + self.k * math.log(self.n)
+
+
+class Refitter:
+    """Least squares of a `TermModel` against data, with terms switched off by a mask.
+
+    Compiled once per model structure; masks and starting values are arguments, so pruning
+    costs no recompilation.
+    """
+
+    def __init__(
+        self,
+        term_model: TermModel,
+        data: TrajectorySet,
+        *,
+        fit_initial_state=True,
+        rtol=1e-7,
+        atol=1e-9,
+        max_iterations=200,
+    ):
+        self.term_model = term_model
+        self.data = data
+        model = term_model.model
+        ts, ys, mask = (jnp.asarray(a) for a in data.padded())
+        scale = jnp.asarray(data.state_scale())
+        self.n = int(np.asarray(mask).sum()) * ys.shape[-1]
+        guesses = np.asarray(model.guesses)
+        pscale = jnp.asarray(np.maximum(np.abs(guesses), 1e-2))
+        self._pscale = pscale
+        self._fit_y0 = fit_initial_state
+
+        def unpack(theta, pmask):
+            z, dy0 = theta
+            params = pmask * pscale * z
+            y0s = ys[:, 0, :] + (dy0 * scale if fit_initial_state else 0.0)
+            return params, y0s
+
+        def residuals(theta, pmask):
+            params, y0s = unpack(theta, pmask)
+            pred, _ = simulate(
+                model, params, y0s, ts, rtol=rtol, atol=atol, adjoint=diffrax.ForwardMode()
+            )
+            r = (mask[..., None] * (pred - ys) / scale).ravel()
+            return jnp.where(jnp.isfinite(r), r, _FAILED)
+
+        solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-10)
+
+        @eqx.filter_jit
+        def run(theta, pmask):
+            sol = optx.least_squares(
+                residuals, solver, theta, args=pmask, max_steps=max_iterations, throw=False
+            )
+            r = residuals(sol.value, pmask)
+            jac = jax.jacfwd(lambda th: residuals(th, pmask))(sol.value)
+            return sol.value, jnp.sum(r**2), jac[0]
+
+        self._unpack = eqx.filter_jit(unpack)
+        self._run = run
+        self._ys = ys
+
+    def fit(
+        self,
+        term_mask: Sequence[bool],
+        start: np.ndarray | None = None,
+        y0: np.ndarray | None = None,
+    ) -> Refit:
+        tm = self.term_model
+        pmask = jnp.asarray(tm._param_mask(term_mask))
+        p0 = np.asarray(tm.model.guesses) if start is None else np.asarray(start)
+        z0 = jnp.asarray(p0) / self._pscale
+        dy0 = jnp.zeros(self._ys.shape[0:1] + self._ys.shape[2:])
+        if y0 is not None and self._fit_y0:
+            dy0 = (jnp.asarray(y0) - self._ys[:, 0, :]) / jnp.asarray(self.data.state_scale())
+        theta, sse, jz = self._run((z0, dy0), pmask)
+        params, y0s = self._unpack(theta, pmask)
+        params, sse = np.asarray(params), float(sse)
+        k = int(np.asarray(pmask).sum()) + (int(np.prod(dy0.shape)) if self._fit_y0 else 0)
+        # Standard errors from the Jacobian at the optimum: cov = s² (JᵀJ)⁻¹ (active columns).
+        jz = np.asarray(jz) * np.asarray(self._pscale)[None, :]
+        active = np.flatnonzero(np.asarray(pmask) > 0)
+        stderr = np.zeros(len(params))
+        dof = max(self.n - k, 1)
+        try:
+            cov = np.linalg.pinv(jz[:, active].T @ jz[:, active]) * (sse / dof)
+            stderr[active] = np.sqrt(np.clip(np.diag(cov), 0, None))
+        except np.linalg.LinAlgError:
+            stderr[active] = np.nan
+        ok = math.isfinite(sse) and sse < _FAILED**2 and bool(np.all(np.isfinite(params)))
+        return Refit(params, stderr, np.asarray(y0s), sse, self.n, k, ok)
+
+
+# -- selection -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    term_model: TermModel
+    refit: Refit
+    mask: tuple[bool, ...]
+    chosen: dict[str, dict]  # state -> {engine, equation, complexity, loss, row}
+    pruned: list[dict]
+    tried: list[dict]
+
+    def equations(self) -> dict[str, str]:
+        return self.term_model.inlined(self.refit.params, self.mask)
+
+    def final_model(self) -> MechanisticModel:
+        """The selected model with the refit numbers inlined (no free parameters)."""
+        tm = self.term_model
+        subs = {
+            sp.Symbol(n, real=True): sp.Float(float(v) * float(m))
+            for n, v, m in zip(tm.model.parameters, self.refit.params, tm._param_mask(self.mask))
+        }
+        eqs = [sp.expand(eq.xreplace(subs)) for eq in tm.model.equations]
+        return tm.model.with_equations(eqs, (), ())
+
+
+def _in_model_symbols(expr: sp.Expr, model: MechanisticModel) -> sp.Expr:
+    table = model.symbol_table()
+    return sp.expand(expr.xreplace({s: table[s.name] for s in expr.free_symbols}))
+
+
+def _polynomial_coefficients(expr: sp.Expr, symbols) -> dict[tuple[int, ...], float] | None:
+    """Monomial exponents -> coefficient, or None when `expr` is not a polynomial."""
+    if not expr.is_polynomial(*symbols):
+        return None
+    poly = sp.Poly(expr, *symbols)
+    return {m: float(c) for m, c in zip(poly.monoms(), poly.coeffs())}
+
+
+def _candidates(table: pd.DataFrame, state: str, max_complexity: int) -> list[int]:
+    """One state's candidates worth a refit: every row up to `max_complexity`, ordered by PySR's
+    selection rule first (the best of all engines on one Pareto front), then by complexity."""
+    from .symbolic import pareto_front, select_model
+
+    sub = table[(table["state"] == state) & (table["complexity"] <= max_complexity)]
+    if sub.empty:  # nothing simple enough: fall back on the simplest candidates there are
+        sub = table[table["state"] == state].nsmallest(3, "complexity")
+    combined = pareto_front(sub.reset_index(drop=False)).set_index("index")
+    first = [int(select_model(combined, "best"))] if len(combined) else []
+    rest = sub.sort_values(["complexity", "loss"]).index.tolist()
+    return list(dict.fromkeys(first + [int(r) for r in rest]))
+
+
+def select_and_refit(
+    model: MechanisticModel,
+    mech_params: Sequence[float],
+    table: pd.DataFrame,
+    data: TrajectorySet,
+    *,
+    fit_initial_state: bool = True,
+    max_complexity: int = 25,
+    max_nonpolynomial: int = 2,
+) -> Selection:
+    """Choose one formula per residual state, refit every constant, prune needless terms.
+
+    `table` holds every engine's candidates with a `state` column. Candidates are compared by
+    the BIC of their refit *through the ODE against the data*:
+
+    - polynomial candidates (SINDy's whole sparsity path, and any other engine's formula that
+      expands to a polynomial) share one model whose terms are the union of their monomials:
+      each candidate is a mask over it, so all of them cost one compilation;
+    - the best few non-polynomial candidates per state get a model of their own.
+
+    States are improved one at a time (coordinate-wise). Last, discovered terms are removed one
+    at a time, least significant first, while the BIC improves: a term stays only if dropping
+    it worsens the fit by more than the noise explains.
+    """
+    states = [s for s in model.residual_states if (table["state"] == s).any()]
+    symbols = model.state_symbols
+    exprs = {int(r): _in_model_symbols(table.loc[r, "sympy_format"], model) for r in table.index}
+    polys = {r: _polynomial_coefficients(e, symbols) for r, e in exprs.items()}
+    order = {s: _candidates(table, s, max_complexity) for s in states}
+    tried: list[dict] = []
+
+    # One model with every monomial any polynomial candidate uses (coefficient 1 each).
+    library: dict[str, set[tuple[int, ...]]] = {s: set() for s in states}
+    for s in states:
+        for r in order[s]:
+            if polys[r] is not None:
+                library[s].update(polys[r])
+
+    def monomial(exps) -> sp.Expr:
+        return sp.Mul(*[v**e for v, e in zip(symbols, exps)])
+
+    lib_formulas = {s: sp.Add(*[monomial(m) for m in sorted(library[s])]) for s in states}
+    lib_model = build_term_model(model, mech_params, lib_formulas)
+    lib_fitter = Refitter(lib_model, data, fit_initial_state=fit_initial_state)
+    theory_value = {
+        (t.state, _exps(t, symbols)): float(
+            _theory_coefficient(model, mech_params, t.state, t.expr, symbols)
+        )
+        for t in lib_model.terms
+        if t.origin == "theory"
+    }
+
+    def lib_fit(choice: dict[str, int]) -> tuple[Refit, list[bool]]:
+        mask, start = [], np.asarray(lib_model.model.guesses, dtype=float).copy()
+        for t in lib_model.terms:
+            exps = _exps(t, symbols)
+            coefs = polys[choice[t.state]] if t.state in choice else {}
+            base = theory_value.get((t.state, exps), 0.0)
+            on = t.origin == "theory" or (exps is not None and exps in coefs)
+            mask.append(on)
+            start[lib_model.model.parameters.index(t.parameter)] = base + coefs.get(exps, 0.0)
+        return lib_fitter.fit(mask, start=start), mask
+
+    def record(choice, fit, kind):
+        tried.append(
+            {
+                "choice": {s: str(table.loc[r, "equation"]) for s, r in choice.items()},
+                "engines": {s: str(table.loc[r, "engine"]) for s, r in choice.items()},
+                "kind": kind,
+                "bic": fit.bic if fit.ok else None,
+                "sse": fit.sse,
+            }
+        )
+
+    poly_rows = {s: [r for r in order[s] if polys[r] is not None] for s in states}
+    other_rows = {s: [r for r in order[s] if polys[r] is None][:max_nonpolynomial] for s in states}
+    current = {s: (poly_rows[s] or other_rows[s])[0] for s in states}
+    best: tuple[TermModel, Refitter, Refit, list[bool]] | None = None
+    if all(polys[current[s]] is not None for s in states):
+        fit, mask = lib_fit(current)
+        record(current, fit, "polynomial")
+        best = (lib_model, lib_fitter, fit, mask)
+        for s in states:
+            for r in poly_rows[s]:
+                if r == current[s]:
+                    continue
+                choice = {**current, s: r}
+                fit, mask = lib_fit(choice)
+                record(choice, fit, "polynomial")
+                if fit.ok and (not best[2].ok or fit.bic < best[2].bic):
+                    best, current = (lib_model, lib_fitter, fit, mask), choice
+    for s in states:
+        for r in other_rows[s]:
+            choice = {**current, s: r}
+            tm = build_term_model(model, mech_params, {k: exprs[v] for k, v in choice.items()})
+            fitter = Refitter(tm, data, fit_initial_state=fit_initial_state)
+            mask = [True] * len(tm.terms)
+            fit = fitter.fit(mask)
+            record(choice, fit, "formula")
+            if fit.ok and (best is None or not best[2].ok or fit.bic < best[2].bic):
+                best, current = (tm, fitter, fit, mask), choice
+    if best is None or not best[2].ok:
+        raise NumericalError("no candidate model could be refit to the data", stage="selection")
+    tm, refitter, fit, mask = best
+
+    pruned: list[dict] = []
+    rejected: set[int] = set()
+    while True:
+        # Try the least significant discovered term first (smallest |coefficient / stderr|).
+        options = [
+            (abs(fit.params[j]) / max(fit.stderr[j], 1e-300), i)
+            for i, term in enumerate(tm.terms)
+            if mask[i] and term.origin == "discovered" and i not in rejected
+            for j in [tm.model.parameters.index(term.parameter)]
+        ]
+        if not options:
+            break
+        _, i = min(options)
+        trial = list(mask)
+        trial[i] = False
+        f = refitter.fit(trial, start=fit.params, y0=fit.y0)
+        if not f.ok or f.bic >= fit.bic:
+            rejected.add(i)  # this term is needed; try the next least significant one
+            continue
+        j = tm.model.parameters.index(tm.terms[i].parameter)
+        pruned.append(
+            {
+                "state": tm.terms[i].state,
+                "term": str(tm.terms[i].expr.subs(sp.Symbol(tm.terms[i].parameter, real=True), 1)),
+                "coefficient": float(fit.params[j]),
+                "bic_before": fit.bic,
+                "bic_after": f.bic,
+            }
+        )
+        mask[i] = False
+        fit = f
+        rejected.clear()  # significances change once a term is gone
+    chosen = {
+        s: {
+            "engine": str(table.loc[r, "engine"]),
+            "equation": str(table.loc[r, "equation"]),
+            "complexity": int(table.loc[r, "complexity"]),
+            "loss": float(table.loc[r, "loss"]),
+            "row": int(r),
+        }
+        for s, r in current.items()
+    }
+    return Selection(tm, fit, tuple(mask), chosen, pruned, tried)
+
+
+def _exps(term: Term, symbols) -> tuple[int, ...] | None:
+    rest = term.expr.subs(sp.Symbol(term.parameter, real=True), 1)
+    if not rest.is_polynomial(*symbols):
+        return None
+    monoms = sp.Poly(rest, *symbols).monoms()
+    return monoms[0] if len(monoms) == 1 else None
+
+
+def _theory_coefficient(model, mech_params, state, expr, symbols) -> float:
+    """Coefficient, in the declared model with fitted numbers, of the monomial of `expr`."""
+    eq = model.equations[model.states.index(state)]
+    eq = sp.expand(eq.xreplace(dict(zip(model.parameter_symbols, map(sp.Float, mech_params)))))
+    target = [p for p in expr.free_symbols if p.name.startswith("c_")]
+    rest = expr.subs(target[0], 1) if target else expr
+    return float(sp.Poly(eq, *symbols).coeff_monomial(rest)) if eq.is_polynomial(*symbols) else 0.0
+
+
+# -- 3. extrapolation ----------------------------------------------------------------------------
+@eqx.filter_jit
+def _simulate(field, y0s, ts):
+    return jax.vmap(lambda y0, t: solve(field, y0, t, max_steps=16384)[:2])(y0s, ts)
+
+
+def simulate_field(field, y0s: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integrate `field(t, y)` (an equinox module) from each y0 over its row of `ts`; the states
+    are non-finite where a solve failed. Compiled once per field structure and shape."""
+    ys, ok = _simulate(field, jnp.asarray(y0s), jnp.asarray(ts))
+    return np.asarray(ys), np.asarray(ok)
+
+
+class ModelField(eqx.Module):
+    """A `MechanisticModel` with fixed parameter values, as a vector field module."""
+
+    model: MechanisticModel = eqx.field(static=True)
+    params: jax.Array
+
+    def __call__(self, t, y):
+        return self.model.vector_field(t, y, self.params)
+
+
+def model_field(model: MechanisticModel, params) -> ModelField:
+    return ModelField(model, jnp.asarray(params, dtype=jnp.float64).reshape(-1))
+
+
+def rmse(pred: np.ndarray, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    err = mask[..., None] * np.where(np.isfinite(pred), pred - obs, np.inf)
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.nansum(err**2, axis=(0, 1)) / max(mask.sum(), 1))
