@@ -255,7 +255,8 @@ class Refitter:
         fit_initial_state=True,
         rtol=1e-7,
         atol=1e-9,
-        max_iterations=200,
+        max_iterations=100,
+        max_steps=2048,
     ):
         self.term_model = term_model
         self.data = data
@@ -277,7 +278,14 @@ class Refitter:
         def residuals(theta, pmask):
             params, y0s = unpack(theta, pmask)
             pred, _ = simulate(
-                model, params, y0s, ts, rtol=rtol, atol=atol, adjoint=diffrax.ForwardMode()
+                model,
+                params,
+                y0s,
+                ts,
+                rtol=rtol,
+                atol=atol,
+                max_steps=max_steps,
+                adjoint=diffrax.ForwardMode(),
             )
             r = (mask[..., None] * (pred - ys) / scale).ravel()
             return jnp.where(jnp.isfinite(r), r, _FAILED)
@@ -376,7 +384,13 @@ def _candidates(table: pd.DataFrame, state: str, max_complexity: int) -> list[in
     combined = pareto_front(sub.reset_index(drop=False)).set_index("index")
     first = [int(select_model(combined, "best"))] if len(combined) else []
     rest = sub.sort_values(["complexity", "loss"]).index.tolist()
-    return list(dict.fromkeys(first + [int(r) for r in rest]))
+    rows, seen = [], set()
+    for r in first + [int(r) for r in rest]:
+        text = str(table.loc[r, "equation"])
+        if text not in seen:  # engines often agree: refit each formula once
+            seen.add(text)
+            rows.append(r)
+    return rows
 
 
 def select_and_refit(
@@ -457,19 +471,34 @@ def select_and_refit(
     other_rows = {s: [r for r in order[s] if polys[r] is None][:max_nonpolynomial] for s in states}
     current = {s: (poly_rows[s] or other_rows[s])[0] for s in states}
     best: tuple[TermModel, Refitter, Refit, list[bool]] | None = None
+
+    def better(fit: Refit, margin: float = 0.0) -> bool:
+        return fit.ok and (best is None or not best[2].ok or fit.bic < best[2].bic - margin)
+
+    # Polynomial candidates: masks over one model, so sweep the states until nothing improves.
     if all(polys[current[s]] is not None for s in states):
         fit, mask = lib_fit(current)
         record(current, fit, "polynomial")
         best = (lib_model, lib_fitter, fit, mask)
-        for s in states:
-            for r in poly_rows[s]:
-                if r == current[s]:
-                    continue
-                choice = {**current, s: r}
-                fit, mask = lib_fit(choice)
-                record(choice, fit, "polynomial")
-                if fit.ok and (not best[2].ok or fit.bic < best[2].bic):
-                    best, current = (lib_model, lib_fitter, fit, mask), choice
+        seen = {tuple(sorted(current.items()))}
+        for _sweep in range(3):
+            changed = False
+            for s in states:
+                for r in poly_rows[s]:
+                    choice = {**current, s: r}
+                    key = tuple(sorted(choice.items()))
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    fit, mask = lib_fit(choice)
+                    record(choice, fit, "polynomial")
+                    if better(fit):
+                        best, current, changed = (lib_model, lib_fitter, fit, mask), choice, True
+            if not changed:
+                break
+    # Other formulas need a model (and a compilation) each: only the leading few per state,
+    # and they must beat the polynomial choice clearly (BIC lower by more than 2), since their
+    # inner constants make them more flexible than their parameter count says.
     for s in states:
         for r in other_rows[s]:
             choice = {**current, s: r}
@@ -478,7 +507,7 @@ def select_and_refit(
             mask = [True] * len(tm.terms)
             fit = fitter.fit(mask)
             record(choice, fit, "formula")
-            if fit.ok and (best is None or not best[2].ok or fit.bic < best[2].bic):
+            if better(fit, margin=2.0):
                 best, current = (tm, fitter, fit, mask), choice
     if best is None or not best[2].ok:
         raise NumericalError("no candidate model could be refit to the data", stage="selection")

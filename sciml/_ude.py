@@ -98,7 +98,8 @@ class UDEConfig:
     windows: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # fraction of each trajectory's span
     adam_steps: int = 1500  # per window
     learning_rate: float = 3e-3
-    lbfgs_steps: int = 600
+    lbfgs_steps: int = 300
+    linesearch_steps: int = 10
     penalty: float = 1e-4  # weight of mean squared (scaled) network output
     train_mechanistic: bool = True
     rtol: float = 1e-6
@@ -297,9 +298,7 @@ def train_ude(
                 progress(f"Adam, window {fraction:.0%}", done, total, float(values[-1]))
 
     lbfgs = optax.lbfgs(
-        linesearch=optax.scale_by_backtracking_linesearch(
-            max_backtracking_steps=15, store_grad=True
-        )
+        linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=config.linesearch_steps)
     )
     lbfgs_state = lbfgs.init(trainable)
     best = (trainable, _make_loss(static, ts, ys, mask, scale, config)(trainable))
