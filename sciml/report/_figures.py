@@ -204,7 +204,7 @@ def _state_map(ax, fig: Figure, run: Run, state: str, expr, columns) -> None:
         cmap="viridis",
         vmin=lim[0],
         vmax=lim[1],
-        s=14,
+        s=24,
         edgecolors="k",
         linewidths=0.4,
     )
