@@ -7,6 +7,10 @@ STAMP   = $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_LOGGING_LEVEL ?= WARNING
+# JAX's persistent compilation cache: a program compiled once (e.g. the UDE's training step)
+# is not compiled again by later processes.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 1
 
 .PHONY: demo test test-deps lint format server bench clean
 

@@ -284,13 +284,21 @@ def summarise(
         return result
     tm, refit = selection.term_model, selection.refit
     result["equations"] = selection.equations()
+    # inner constants (e.g. k in tanh(k*x)) are inlined; each term's own coefficient is not
+    inner = {
+        sp.Symbol(name, real=True): sp.Float(float(value), 6)
+        for name, value in zip(tm.model.parameters, refit.params)
+        if not name.startswith("c_")
+    }
     terms = []
     for term, keep in zip(tm.terms, selection.mask):
         i = tm.model.parameters.index(term.parameter)
         terms.append(
             {
                 "state": term.state,
-                "term": str(term.expr.subs(sp.Symbol(term.parameter, real=True), 1)),
+                "term": str(
+                    term.expr.subs(sp.Symbol(term.parameter, real=True), 1).xreplace(inner)
+                ),
                 "coefficient": float(refit.params[i]) if keep else 0.0,
                 "stderr": float(refit.stderr[i]) if keep else None,
                 "origin": term.origin,
