@@ -80,7 +80,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         fit = timed(
             "mechanistic", in_results(tasks.mechanistic_fit, results), inputs, config, results
         )
-        ude = None
+        ude = dense = None
         engines: list[dict[str, Any]] = []
         if inputs["residual_states"]:
             ude = timed(
@@ -95,7 +95,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
                 engines.append(
                     timed(f"engine:{engine}", symbolic, engine, inputs, dense, config, results)
                 )
-        tasks.record_config(inputs, config, str(out), ude)
+        tasks.record_config(inputs, config, str(out), ude, dense)
         select = in_results(tasks.selection_and_refit, results)
         selected = timed("selection", select, inputs, fit, ude, engines, config, results, timings)
         discovered = tasks.write_results(selected, str(out))

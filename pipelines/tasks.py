@@ -134,8 +134,11 @@ def ude_training(inputs: dict[str, Any], fit: str, config: dict[str, Any], resul
 
     cfg = _config(config)
     model, train, _ = _inputs(inputs, cfg)
-    trained = ude_stage(load_fit(fit, model), train, cfg, progress=progress)
-    folder = _fresh(stage_dir(results, "ude-training", inputs, config))
+    target = stage_dir(results, "ude-training", inputs, config)
+    checkpoint = Path(results) / "checkpoints" / Path(target).name / "ude"  # survives a kill
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    trained = ude_stage(load_fit(fit, model), train, cfg, progress=progress, checkpoint=checkpoint)
+    folder = _fresh(target)
     trained.save(folder)
     write_json(folder / "history.json", trained.history)
     return str(folder)
@@ -232,8 +235,14 @@ def write_results(selection: str, out: str) -> str:
 
 
 @task(name="record-config", **UNCACHED, **IO)
-def record_config(inputs: dict[str, Any], config: dict[str, Any], out: str, ude: str | None) -> str:
-    """The settings and versions used, and the UDE weights, into the output folder."""
+def record_config(
+    inputs: dict[str, Any],
+    config: dict[str, Any],
+    out: str,
+    ude: str | None,
+    dense: str | None = None,
+) -> str:
+    """The settings and versions used, the UDE weights and dense samples, into the folder."""
     from sciml._io import write_json
     from sciml.discover import load_inputs, versions
 
@@ -241,6 +250,8 @@ def record_config(inputs: dict[str, Any], config: dict[str, Any], out: str, ude:
     if ude is not None:
         for name in ("ude.eqx", "ude.json"):
             shutil.copy2(Path(ude) / name, Path(out) / name)
+    if dense is not None:
+        shutil.copy2(dense, Path(out) / "dense.parquet")
     write_json(
         Path(out) / "config.json",
         {

@@ -12,6 +12,7 @@ Trajectories are batched with `vmap`; many optimiser steps are compiled into one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -230,6 +231,55 @@ def _lbfgs_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer
     return trainable, opt_state, values
 
 
+@dataclasses.dataclass(frozen=True)
+class _TrainState:
+    trainable: object
+    adam: object
+    lbfgs: object
+    best: object
+
+    def leaves(self):
+        return (self.trainable, self.adam, self.lbfgs, self.best)
+
+
+def _fingerprint(config: UDEConfig, fit: MechanisticFit, data: TrajectorySet) -> str:
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    for a in (fit.params, fit.y0, *data.padded()):
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Checkpoint:
+    """`PREFIX.eqx` (arrays) + `PREFIX.json` (progress), each replaced atomically."""
+
+    def __init__(self, prefix: Path, fingerprint: str):
+        self.arrays = prefix.with_suffix(".eqx")
+        self.meta = prefix.with_suffix(".json")
+        self.fingerprint = fingerprint
+
+    def save(self, state: _TrainState, history: dict, done: int) -> None:
+        with atomic_path(self.arrays) as tmp:
+            eqx.tree_serialise_leaves(tmp, state.leaves())
+        write_json(self.meta, {"fingerprint": self.fingerprint, "done": done, "history": history})
+
+    def load(self, like: _TrainState):
+        try:
+            meta = json.loads(self.meta.read_text())
+            if meta.get("fingerprint") != self.fingerprint:
+                return None  # another configuration or data: start afresh
+            leaves = eqx.tree_deserialise_leaves(self.arrays, like.leaves())
+        except (OSError, ValueError, RuntimeError):
+            return None
+        history = {
+            k: [math.inf if v is None else v for v in vs] for k, vs in meta["history"].items()
+        }
+        return _TrainState(*leaves), history, int(meta["done"])
+
+    def remove(self) -> None:
+        self.arrays.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+
 def train_ude(
     fit: MechanisticFit,
     data: TrajectorySet,
@@ -238,6 +288,7 @@ def train_ude(
     config: UDEConfig = UDEConfig(),
     optimizer: optax.GradientTransformation | None = None,
     progress: Callable[[str, int, int, float], None] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> TrainedUDE:
     """Train a UDE on `data`, starting from the mechanistic fit `fit`.
 
@@ -248,6 +299,9 @@ def train_ude(
     - `config`: windows, steps, penalty, tolerances.
     - `optimizer`: the first-order optimiser for the windowed stage (default Adam).
     - `progress`: called as `progress(stage, step, total, loss)` after every chunk.
+    - `checkpoint`: a file path prefix; the state is saved there after every chunk, and a run
+      started again with the same settings and data resumes from it, ending with the same
+      result as an uninterrupted run (the chunks are deterministic).
     """
     model = fit.model
     if not model.residual_states:
@@ -270,19 +324,42 @@ def train_ude(
     )
     trainable, static = eqx.partition((ude, y0s), filter_spec)
 
-    history: dict[str, list[float]] = {"adam": [], "lbfgs": []}
     optimizer = optimizer if optimizer is not None else optax.adam(config.learning_rate)
-    total = len(config.windows) * config.adam_steps + config.lbfgs_steps
+    lbfgs = optax.lbfgs(
+        linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=config.linesearch_steps)
+    )
+    # The schedule as a flat list of chunks, so that a checkpoint is "chunks done so far".
+    plan = [
+        ("adam", fraction, min(config.chunk, config.adam_steps - start))
+        for fraction in config.windows
+        for start in range(0, config.adam_steps, config.chunk)
+    ] + [
+        ("lbfgs", 1.0, min(config.chunk, config.lbfgs_steps - start))
+        for start in range(0, config.lbfgs_steps, config.chunk)
+    ]
+    total = sum(n for _, _, n in plan)
+    full_loss = _make_loss(static, ts, ys, mask, scale, config)
+    state = _TrainState(
+        trainable=trainable,
+        adam=optimizer.init(trainable),
+        lbfgs=lbfgs.init(trainable),
+        best=trainable,
+    )
+    history: dict[str, list[float]] = {"adam": [], "lbfgs": [], "best": [math.inf]}
     done = 0
-    opt_state = optimizer.init(trainable)
-    for fraction in config.windows:
-        ts_w, mask_w = _windowed(ts, mask, fraction)
-        for start in range(0, config.adam_steps, config.chunk):
-            n = min(config.chunk, config.adam_steps - start)
+    ckpt = _Checkpoint(Path(checkpoint), _fingerprint(config, fit, data)) if checkpoint else None
+    if ckpt is not None and (restored := ckpt.load(state)) is not None:
+        state, history, done = restored
+    stopped = False
+    for k, (phase, fraction, n) in enumerate(plan):
+        if k < done or stopped:
+            continue
+        if phase == "adam":
+            ts_w, mask_w = _windowed(ts, mask, fraction)
             trainable, opt_state, values = _adam_chunk(
-                trainable,
+                state.trainable,
                 static,
-                opt_state,
+                state.adam,
                 ts_w,
                 ys,
                 mask_w,
@@ -291,46 +368,45 @@ def train_ude(
                 config=config,
                 n=n,
             )
-            values = np.asarray(values)
-            history["adam"].extend(values.tolist())
-            done += n
-            if progress is not None:
-                progress(f"Adam, window {fraction:.0%}", done, total, float(values[-1]))
-
-    lbfgs = optax.lbfgs(
-        linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=config.linesearch_steps)
-    )
-    lbfgs_state = lbfgs.init(trainable)
-    best = (trainable, _make_loss(static, ts, ys, mask, scale, config)(trainable))
-    for start in range(0, config.lbfgs_steps, config.chunk):
-        n = min(config.chunk, config.lbfgs_steps - start)
-        candidate, lbfgs_state, values = _lbfgs_chunk(
-            trainable,
-            static,
-            lbfgs_state,
-            ts,
-            ys,
-            mask,
-            scale,
-            optimizer=lbfgs,
-            config=config,
-            n=n,
-        )
+            state = dataclasses.replace(state, trainable=trainable, adam=opt_state)
+            label = f"Adam, window {fraction:.0%}"
+        else:
+            if not history["lbfgs"]:
+                history["best"] = [float(full_loss(state.trainable))]
+                state = dataclasses.replace(state, best=state.trainable)
+            candidate, lbfgs_state, values = _lbfgs_chunk(
+                state.trainable,
+                static,
+                state.lbfgs,
+                ts,
+                ys,
+                mask,
+                scale,
+                optimizer=lbfgs,
+                config=config,
+                n=n,
+            )
+            if np.all(np.isfinite(np.asarray(values))):
+                state = dataclasses.replace(state, trainable=candidate, lbfgs=lbfgs_state)
+                if float(values[-1]) < history["best"][-1]:
+                    state = dataclasses.replace(state, best=candidate)
+                    history["best"] = [float(values[-1])]
+            else:
+                stopped = True  # keep the last good parameters: a NaN never reaches the model
+            label = "L-BFGS, whole series"
         values = np.asarray(values)
-        history["lbfgs"].extend(values.tolist())
-        done += n
-        if not np.all(np.isfinite(values)):
-            break  # keep the last good parameters; a NaN never reaches the saved model
-        trainable = candidate
-        if values[-1] < float(best[1]):
-            best = (trainable, values[-1])
+        history[phase].extend(values.tolist())
+        if ckpt is not None:
+            ckpt.save(state, history, k + 1)
         if progress is not None:
-            progress("L-BFGS, whole series", done, total, float(values[-1]))
-    trainable = best[0]
+            progress(label, sum(m for _, _, m in plan[: k + 1]), total, float(values[-1]))
+    trainable = state.best if history["lbfgs"] else state.trainable
     ude, y0s = eqx.combine(trainable, static)
     leaves = jax.tree.leaves(eqx.filter(ude, eqx.is_inexact_array))
     if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves):
         raise NumericalError("training produced non-finite weights", stage="ude")
+    if ckpt is not None:
+        ckpt.remove()
     return TrainedUDE(ude=ude, y0=np.asarray(y0s), history=history, config=config)
 
 

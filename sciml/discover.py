@@ -141,10 +141,16 @@ def ude_stage(
     data: TrajectorySet,
     config: DiscoveryConfig,
     progress: Callable[[str, int, int, float], None] | None = None,
+    checkpoint: str | Path | None = None,
 ) -> TrainedUDE:
-    """Stage 3: train the universal differential equation."""
+    """Stage 3: train the universal differential equation (resumable from `checkpoint`)."""
     return train_ude(
-        fit, data, key=jax.random.key(config.seed + 1), config=config.ude, progress=progress
+        fit,
+        data,
+        key=jax.random.key(config.seed + 1),
+        config=config.ude,
+        progress=progress,
+        checkpoint=checkpoint,
     )
 
 
@@ -456,9 +462,11 @@ def _run(
         if show_progress:
             bar, callback = rich_progress()
             with bar:
-                trained = timed("ude", ude_stage, fit, train, config, progress=callback)
+                trained = timed(
+                    "ude", ude_stage, fit, train, config, callback, out / "ude-checkpoint"
+                )
         else:
-            trained = timed("ude", ude_stage, fit, train, config)
+            trained = timed("ude", ude_stage, fit, train, config, None, out / "ude-checkpoint")
         trained.save(out)
         dense = timed("dense", dense_stage, trained, train, config)
         _write_parquet(out / "dense.parquet", dense.to_frame())

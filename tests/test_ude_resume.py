@@ -1,0 +1,117 @@
+"""UDE training survives SIGKILL: started again, it resumes from its last checkpoint and ends
+with the same weights as an uninterrupted run (tolerance 1e-9: the chunks are deterministic)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import sciml
+from sciml._ude import UDEConfig, train_ude
+
+pytestmark = pytest.mark.slow
+
+CONFIG = dict(windows=(0.5, 1.0), adam_steps=60, lbfgs_steps=40, chunk=20)
+
+SETUP = """
+import jax, sciml
+from sciml._ude import UDEConfig, train_ude
+model = sciml.load_model("data/lotka_volterra/model.toml")
+data = sciml.load_trajectories("data/lotka_volterra/lotka_volterra.csv", model.states)
+fit = sciml.fit_mechanistic(model, data, key=jax.random.key(0))
+config = UDEConfig(**{config})
+"""
+
+
+def weights(trained):
+    import equinox as eqx
+
+    return np.concatenate(
+        [np.ravel(x) for x in jax.tree.leaves(eqx.filter(trained.ude, eqx.is_inexact_array))]
+    )
+
+
+def test_resume_after_sigkill(tmp_path):
+    prefix = tmp_path / "ckpt"
+    marker = tmp_path / "killed-here"
+    child = SETUP.format(config=CONFIG) + textwrap.dedent(f"""
+        def progress(stage, step, total, loss):
+            if step >= 80:  # 4 of the 7 chunks done and checkpointed
+                open({str(marker)!r}, "w").close()
+                import time
+                time.sleep(600)
+        train_ude(fit, data, key=jax.random.key(1), config=config, progress=progress,
+                  checkpoint={str(prefix)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], cwd=os.getcwd())
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, "training process ended before the kill"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert prefix.with_suffix(".eqx").exists() and prefix.with_suffix(".json").exists()
+
+    model = sciml.load_model("data/lotka_volterra/model.toml")
+    data = sciml.load_trajectories("data/lotka_volterra/lotka_volterra.csv", model.states)
+    fit = sciml.fit_mechanistic(model, data, key=jax.random.key(0))
+    config = UDEConfig(**CONFIG)
+    seen = []
+    resumed = train_ude(
+        fit,
+        data,
+        key=jax.random.key(1),
+        config=config,
+        checkpoint=prefix,
+        progress=lambda stage, step, total, loss: seen.append(step),
+    )
+    assert seen[0] > 20  # it did not start from the beginning
+    assert not prefix.with_suffix(".eqx").exists()  # removed once training is complete
+    straight = train_ude(fit, data, key=jax.random.key(1), config=config)
+    np.testing.assert_allclose(weights(resumed), weights(straight), rtol=0, atol=1e-9)
+
+
+def test_checkpoint_of_other_settings_is_ignored(tmp_path):
+    model = sciml.load_model("data/lotka_volterra/model.toml")
+    data = sciml.load_trajectories("data/lotka_volterra/lotka_volterra.csv", model.states)
+    fit = sciml.fit_mechanistic(model, data, key=jax.random.key(0))
+    prefix = tmp_path / "ckpt"
+    small = dict(CONFIG, lbfgs_steps=0)
+
+    def stop(stage, step, total, loss):
+        if step >= 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ude(
+            fit,
+            data,
+            key=jax.random.key(1),
+            config=UDEConfig(**small),
+            progress=stop,
+            checkpoint=prefix,
+        )
+    seen = []
+    other = UDEConfig(**dict(small, learning_rate=1e-3))
+    train_ude(
+        fit,
+        data,
+        key=jax.random.key(1),
+        config=other,
+        checkpoint=prefix,
+        progress=lambda stage, step, total, loss: seen.append(step),
+    )
+    assert seen[0] == 20  # started from the beginning
