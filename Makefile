@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/sciml discover data/lotka_volterra/lotka_volterra.csv \
+	$(BIN)/sciml pipeline data/lotka_volterra/lotka_volterra.csv \
 	    --model data/lotka_volterra/model.toml --out runs/demo --engines sindy,operon,pysr
 
 # System packages the tests need (headless Chromium for the report, PostgreSQL for the server).

@@ -53,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="output folder")
     _discovery_args(d)
 
+    a = sub.add_parser(
+        "pipeline", help="the parent flow: discovery, and optionally the CNF and classifier"
+    )
+    a.add_argument("data", help="trajectory data for discovery")
+    a.add_argument("--model", required=True, help="model file (TOML)")
+    a.add_argument("--out", required=True, help="output folder (one subfolder per stage)")
+    _discovery_args(a)
+    a.add_argument("--cnf-data", default=None, help="also fit a CNF to this table")
+    a.add_argument("--cnf-steps", type=int, default=None)
+    a.add_argument("--classify", choices=["digits"], default=None, help="also train a classifier")
+    a.add_argument("--classify-epochs", type=int, default=None)
+
     c = sub.add_parser("cnf", help="continuous normalising flow: density estimation")
     c.add_argument("--data", required=True, help="CSV/Parquet with numeric columns, or NPZ")
     c.add_argument("--out", required=True)
@@ -134,6 +146,14 @@ def _validate_discovery(params) -> None:
     load_inputs(params.data, params.model)
 
 
+def _print_discovery(result: dict) -> None:
+    for state, rhs in result["equations"].items():
+        print(f"  d{state}/dt = {rhs}")
+    print(f"results in {result['out']}")
+    if result.get("report"):
+        print(f"report: {result['report']}")
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.command == "report":
         from sciml.report import render_index, render_report
@@ -147,7 +167,36 @@ def _run(args: argparse.Namespace) -> None:
         from pipelines.flows import discover
 
         result = discover(params)
-        print(f"results in {result['out']}")
+        _print_discovery(result)
+    elif args.command == "pipeline":
+        from pipelines.flows import pipeline
+        from pipelines.params import ClassifyParams, CNFParams, PipelineParams
+
+        out = Path(args.out).resolve()
+        args.out = str(out / "discover")
+        discover_params = _discover_params(args)
+        _validate_discovery(discover_params)
+        cnf_params = classify_params = None
+        if args.cnf_data:
+            from sciml.cnf import prepare_tables
+
+            prepare_tables(args.cnf_data, None, seed=args.seed)
+            cnf_params = CNFParams(
+                data=args.cnf_data, out=out / "cnf", steps=args.cnf_steps, seed=args.seed
+            )
+        if args.classify:
+            classify_params = ClassifyParams(
+                dataset=args.classify,
+                out=out / "classify",
+                epochs=args.classify_epochs,
+                seed=args.seed,
+            )
+        params = PipelineParams(discover=discover_params, cnf=cnf_params, classify=classify_params)
+        results = pipeline(params)
+        _print_discovery(results["discover"])
+        for stage in ("cnf", "classify"):
+            if stage in results:
+                print(f"{stage}: results in {out / stage}")
     elif args.command == "cnf":
         from pipelines.params import CNFParams
 
