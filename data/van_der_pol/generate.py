@@ -33,8 +33,7 @@ def missing_terms(u):
 
 
 def simulate(ts, x0) -> np.ndarray:
-    sol = solve_ivp(field, (ts[0], ts[-1]), x0, t_eval=ts, rtol=1e-10, atol=1e-12,
-                    method="DOP853")
+    sol = solve_ivp(field, (ts[0], ts[-1]), x0, t_eval=ts, rtol=1e-10, atol=1e-12, method="DOP853")
     return sol.y.T
 
 
