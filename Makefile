@@ -6,7 +6,6 @@ STAMP   = $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
-export PREFECT_LOGGING_LEVEL ?= WARNING
 # JAX's persistent compilation cache: a program compiled once (e.g. the UDE's training step)
 # is not compiled again by later processes.
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
@@ -33,7 +32,7 @@ test-deps:
 test: $(STAMP) test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -47,7 +47,7 @@ def run_directory(path: str | os.PathLike[str], *, clear: tuple[str, ...] = ()) 
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and _alive(pid) and pid != os.getpid():
+            if pid and _alive(pid):
                 raise OutputDirError(
                     f"{path}: another run (process {pid}) is writing into this folder"
                 ) from None
