@@ -7,6 +7,7 @@ applies, the column, the row (1-based data row, header excluded) and the traject
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -127,7 +128,10 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         if path.stat().st_size == 0:
             raise DataError(f"{path}: file is empty")
-        head = path.open("rb").read(4096)
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise DataError(f"{path}: CSV is UTF-16 encoded; save it as UTF-8")
         if b"\x00" in head:
             raise DataError(f"{path}: not a text CSV file (binary content)")
         try:
@@ -137,7 +141,14 @@ def _read_table(path: Path) -> pd.DataFrame:
                 raise DataError(
                     f"{path}: not UTF-8 text (byte {err.start}); save the CSV as UTF-8"
                 ) from None
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # header=None: pandas would rename a repeated column name (x, x.1) and silently take a
+        # row with surplus fields as an index; read the header as a row, so that both are seen.
+        raw = pd.read_csv(
+            path, dtype=str, keep_default_na=False, skipinitialspace=True, header=None
+        )
+        df = raw.iloc[1:].reset_index(drop=True)
+        df.columns = [str(c) for c in raw.iloc[0]]
+        return df
     except DataError:
         raise
     except UnicodeDecodeError as err:
@@ -150,6 +161,18 @@ def _read_table(path: Path) -> pd.DataFrame:
     except Exception as err:  # pyarrow and friends raise many types for corrupt files
         kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
         raise DataError(f"{path}: cannot be read as {kind}: {err}") from None
+
+
+def _clip(text: str, n: int = 40) -> str:
+    """`text` shortened for an error message."""
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
+def _clip_list(names: list[str], n: int = 20) -> str:
+    """`names` as a list for an error message, at most `n` of them."""
+    shown = ", ".join(repr(_clip(c)) for c in names[:n])
+    more = f", ... ({len(names) - n} more)" if len(names) > n else ""
+    return f"[{shown}{more}]"
 
 
 def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
@@ -165,7 +188,8 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
         if bad.any():
             row = int(np.argmax(bad)) + 1
             raise DataError(
-                f"{path}: column {col!r}, row {row}: non-numeric value {text.iloc[row - 1]!r}"
+                f"{path}: column {col!r}, row {row}: non-numeric value "
+                f"{_clip(text.iloc[row - 1])!r}"
             )
         values = values.to_numpy(dtype=float)
     else:
@@ -180,7 +204,7 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
     if bad.any():
         row = int(np.argmax(bad)) + 1
         raise DataError(
-            f"{path}: column {col!r}, row {row}: value {values[row - 1]!r} is not a finite "
+            f"{path}: column {col!r}, row {row}: value {float(values[row - 1])!r} is not a finite "
             f"number of usable size (|value| must be below {_MAX_ABS:g})"
         )
     return values
@@ -199,7 +223,8 @@ def _check_times(t: np.ndarray, source, name, row_offset: int, rows: np.ndarray 
         row = int(rows[k]) if rows is not None else k + 1
         what = "duplicate" if dt[k - 1] == 0 else "unsorted (decreasing)"
         raise DataError(
-            f"{source}: {label}, row {row + row_offset}: {what} time {t[k]!r} after {t[k - 1]!r}"
+            f"{source}: {label}, row {row + row_offset}: {what} time {float(t[k])!r}"
+            f" after {float(t[k - 1])!r}"
             "; times must increase within a trajectory"
         )
 
@@ -226,21 +251,29 @@ def load_trajectories(
     df.columns = [str(c).strip() for c in df.columns]
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (only a header)")
-    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    counts = collections.Counter(df.columns)
+    dupes = sorted(c for c, n in counts.items() if n > 1 and c)
     if dupes:
         raise DataError(f"{path}: duplicate column name(s) {dupes}")
-    missing = [c for c in [time, *states] if c not in df.columns]
+    if time in states or trajectory in states or time == trajectory:
+        raise DataError(
+            f"{path}: the time column {time!r}, the trajectory column {trajectory!r} and the "
+            f"state columns {list(states)} must all differ"
+        )
+    missing = [c for c in [time, *states] if not c or c not in df.columns]
     if missing:
         raise DataError(
-            f"{path}: missing column(s) {missing}; found {list(df.columns)} "
+            f"{path}: missing column(s) {missing}; found {_clip_list(list(df.columns))} "
             f"(states come from the model file, the time column from [data] time)"
         )
     t_all = _numeric_column(df, time, path)
     y_all = np.stack([_numeric_column(df, s, path) for s in states], axis=1)
     if trajectory in df.columns:
-        ids = df[trajectory].astype(str).str.strip().to_numpy()
-        if (ids == "").any():
-            row = int(np.argmax(ids == "")) + 1
+        col = df[trajectory]
+        ids = col.astype(str).str.strip().to_numpy()
+        absent = col.isna().to_numpy() | (ids == "")
+        if absent.any():
+            row = int(np.argmax(absent)) + 1
             raise DataError(f"{path}: column {trajectory!r}, row {row}: missing trajectory id")
     else:
         ids = np.full(len(df), "0", dtype=object)

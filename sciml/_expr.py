@@ -49,6 +49,29 @@ _BINOPS = {
 }
 _OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
+# The whitelisted functions in float arithmetic, for folding calls on constants (`exp(1000)`
+# overflows float64, `sqrt(-1)` is not real: both refused rather than kept symbolic).
+_MATH: dict[str, Callable[..., float]] = {
+    "exp": math.exp,
+    "log": math.log,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "tanh": math.tanh,
+    "sinh": math.sinh,
+    "cosh": math.cosh,
+    "sqrt": math.sqrt,
+    "abs": abs,
+    "sign": lambda v: float((v > 0) - (v < 0)),
+    "min": min,
+    "max": max,
+}
+
+
+def _number(value: float) -> sp.Expr:
+    """A finite float as a SymPy number (an exact integer where it is one)."""
+    return sp.Integer(int(value)) if value.is_integer() and abs(value) < 2**53 else sp.Float(value)
+
 
 def _fold(op: type, a: sp.Expr, b: sp.Expr, where: str) -> sp.Expr:
     """Numeric op on two numbers, in float, refusing overflow and division by zero."""
@@ -66,7 +89,36 @@ def _fold(op: type, a: sp.Expr, b: sp.Expr, where: str) -> sp.Expr:
         raise ModelFileError(f"{where}: constant arithmetic overflows or is undefined") from None
     if not math.isfinite(value):
         raise ModelFileError(f"{where}: constant arithmetic overflows")
-    return sp.Integer(int(value)) if value.is_integer() and abs(value) < 2**53 else sp.Float(value)
+    return _number(value)
+
+
+def _check_constants(expr: sp.Expr, where: str) -> None:
+    """Every number left in `expr` must be a real, finite float64 (SymPy merges coefficients:
+    `1e308*x*1e308` is `1e616*x`, which JAX would evaluate as inf)."""
+    for atom in expr.atoms():
+        if atom.is_Symbol:
+            continue
+        try:
+            value = complex(atom)
+        except (TypeError, ValueError, OverflowError):
+            value = complex(math.nan)
+        if value.imag != 0 or not math.isfinite(value.real):
+            raise ModelFileError(
+                f"{where}: constant {atom} is not a finite real number in double precision"
+            )
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest bracket nesting in `text` (checked before Python's parser recurses into it;
+    `sin(x) + sin(y) + ...` has many brackets but depth 1)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
 
 
 def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str) -> sp.Expr:
@@ -80,8 +132,9 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
         raise ModelFileError(f"{where}: expression is {len(text)} characters (max {MAX_CHARS})")
     if not text.strip():
         raise ModelFileError(f'{where}: empty expression (write "0" when nothing is known)')
-    if text.count("(") > MAX_DEPTH:
+    if _bracket_depth(text) > MAX_DEPTH:
         raise ModelFileError(f"{where}: expression nested too deeply (max {MAX_DEPTH} levels)")
+    shown = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
     # "^" is power in mathematics; Python's parser would give it lower precedence than "+"
     # (x^2 + 1 would read as x^(2 + 1)), so it is spelled "**" before parsing.
     source = text.strip().replace("^", "**")
@@ -89,8 +142,13 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
         tree = ast.parse(source, mode="eval")
     except SyntaxError as err:
         col = f" at column {err.offset}" if err.offset else ""
-        raise ModelFileError(f"{where}: syntax error{col}: {err.msg} in {text!r}") from None
-    except (RecursionError, MemoryError, ValueError) as err:
+        raise ModelFileError(f"{where}: syntax error{col}: {err.msg} in {shown!r}") from None
+    except (RecursionError, MemoryError):
+        raise ModelFileError(
+            f"{where}: expression too long or nested too deeply to parse"
+            f" (max {MAX_NODES} syntax nodes, {MAX_DEPTH} levels)"
+        ) from None
+    except ValueError as err:  # e.g. an integer literal of more than 4300 digits
         raise ModelFileError(f"{where}: expression cannot be parsed ({err})") from None
     n_nodes = sum(1 for _ in ast.walk(tree))
     if n_nodes > MAX_NODES:
@@ -99,7 +157,16 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
     def fail(node: ast.AST, what: str) -> ModelFileError:
         col = getattr(node, "col_offset", None)
         at = f" at column {col + 1}" if col is not None else ""
-        return ModelFileError(f"{where}: {what}{at} in {text!r}")
+        return ModelFileError(f"{where}: {what}{at} in {shown!r}")
+
+    def binop(node: ast.BinOp, a: sp.Expr, b: sp.Expr) -> sp.Expr:
+        if a.is_number and b.is_number:
+            return _fold(type(node.op), a, b, where)
+        if isinstance(node.op, ast.Div) and b.is_number and b.is_zero:
+            raise fail(node, "division by zero")
+        if isinstance(node.op, ast.Pow) and b.is_number and abs(float(b)) > 64:
+            raise fail(node, f"exponent {b} too large (max 64)")
+        return _BINOPS[type(node.op)](a, b)
 
     def walk(node: ast.AST, depth: int) -> sp.Expr:
         if depth > MAX_DEPTH:
@@ -110,8 +177,13 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
             v = node.value
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise fail(node, f"only numbers are allowed as literals, not {v!r}")
-            if not math.isfinite(float(v)):
-                raise fail(node, f"number {v!r} is not finite")
+            try:
+                finite = math.isfinite(float(v))
+            except OverflowError:  # an integer literal beyond float64
+                finite = False
+            if not finite:
+                shown = v if isinstance(v, float) else f"{str(v)[:20]}... ({len(str(v))} digits)"
+                raise fail(node, f"number {shown} is not finite in double precision")
             return sp.Integer(v) if isinstance(v, int) else sp.Float(v)
         if isinstance(node, ast.Name):
             if node.id in symbols:
@@ -126,12 +198,15 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
             operand = walk(node.operand, depth + 1)
             return -operand if isinstance(node.op, ast.USub) else operand
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            a, b = walk(node.left, depth + 1), walk(node.right, depth + 1)
-            if a.is_number and b.is_number:
-                return _fold(type(node.op), a, b, where)
-            if isinstance(node.op, ast.Pow) and b.is_number and abs(float(b)) > 64:
-                raise fail(node, f"exponent {b} too large (max 64)")
-            return _BINOPS[type(node.op)](a, b)
+            # A chain `a + b - c * d ...` is a left-deep tree in Python's syntax; walk its left
+            # spine iteratively so that a long sum counts as one level, not one per term.
+            spine = [node]
+            while isinstance(spine[-1].left, ast.BinOp) and type(spine[-1].left.op) in _BINOPS:
+                spine.append(spine[-1].left)
+            value = walk(spine[-1].left, depth + 1)
+            for link in reversed(spine):
+                value = binop(link, value, walk(link.right, depth + 1))
+            return value
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
@@ -145,6 +220,14 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
                     node, f"{node.func.id}() takes {arity} argument(s), got {len(node.args)}"
                 )
             args = [walk(a, depth + 1) for a in node.args]
+            if all(a.is_number for a in args):
+                try:
+                    folded = _MATH[node.func.id](*(float(a) for a in args))
+                except (ValueError, OverflowError, TypeError):
+                    folded = math.nan
+                if not math.isfinite(folded):
+                    raise fail(node, f"{node.func.id}() of these constants is not a finite real")
+                return _number(folded)
             value = func(*args)
             if value.is_number and not value.is_finite:
                 raise fail(node, f"{node.func.id}() of these constants is not finite")
@@ -160,6 +243,7 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
         raise ModelFileError(f"{where}: expression nested too deeply") from None
     if expr.is_number and not expr.is_finite:
         raise ModelFileError(f"{where}: expression is not finite")
+    _check_constants(expr, where)
     return expr
 
 

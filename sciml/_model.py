@@ -151,8 +151,10 @@ def _finite_number(value: Any, where: str) -> float:
 
 def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> MechanisticModel:
     """Build and validate a model from a parsed TOML document."""
+    if not isinstance(doc, Mapping):
+        raise ModelFileError(f"{source}: expected a TOML document (a table), got {type(doc)}")
     allowed_top = {"model", "residual", "data"}
-    unknown = sorted(set(doc) - allowed_top)
+    unknown = sorted(set(doc) - allowed_top, key=str)
     if unknown:
         raise ModelFileError(
             f"{source}: unknown section(s) {unknown}; allowed: model, residual, data"
@@ -160,7 +162,7 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
     model = doc.get("model")
     if not isinstance(model, Mapping):
         raise ModelFileError(f"{source}: missing [model] section")
-    unknown = sorted(set(model) - {"states", "parameters", "equations"})
+    unknown = sorted(set(model) - {"states", "parameters", "equations"}, key=str)
     if unknown:
         raise ModelFileError(f"{source}: [model] has unknown key(s) {unknown}")
 
@@ -181,11 +183,11 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
         if name in states:
             raise ModelFileError(f"{where}: parameter has the same name as a state")
         if isinstance(spec, Mapping):
-            unknown = sorted(set(spec) - {"value", "fixed"})
+            unknown = sorted(set(spec) - {"value", "fixed"}, key=str)
             if unknown or "value" not in spec:
                 raise ModelFileError(
                     f"{where}: a parameter table takes `value` and optional `fixed`"
-                    f" (got keys {sorted(spec)})"
+                    f" (got keys {sorted(spec, key=str)})"
                 )
             is_fixed = spec.get("fixed", False)
             if not isinstance(is_fixed, bool):
@@ -202,7 +204,7 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
     raw_eqs = model.get("equations")
     if not isinstance(raw_eqs, Mapping):
         raise ModelFileError(f"{source}: missing [model.equations] table (one per state)")
-    extra = sorted(set(raw_eqs) - set(states))
+    extra = sorted(set(raw_eqs) - set(states), key=str)
     if extra:
         raise ModelFileError(
             f"{source}: model.equations has equation(s) for unknown state(s) {extra}"
@@ -220,14 +222,14 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
     residual = doc.get("residual", {})
     if not isinstance(residual, Mapping):
         raise ModelFileError(f"{source}: [residual] must be a table")
-    unknown = sorted(set(residual) - {"states"})
+    unknown = sorted(set(residual) - {"states"}, key=str)
     if unknown:
         raise ModelFileError(f"{source}: [residual] has unknown key(s) {unknown}")
     res_states = residual.get("states", [])
     if not isinstance(res_states, list):
         raise ModelFileError(f"{source}: residual.states must be a list of state names")
     for s in res_states:
-        if s not in states:
+        if not isinstance(s, str) or s not in states:
             raise ModelFileError(
                 f"{source}: residual.states: {s!r} is not a state (states: {states})"
             )
@@ -237,12 +239,24 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
     data = doc.get("data", {})
     if not isinstance(data, Mapping):
         raise ModelFileError(f"{source}: [data] must be a table")
-    unknown = sorted(set(data) - {"time", "trajectory"})
+    unknown = sorted(set(data) - {"time", "trajectory"}, key=str)
     if unknown:
         raise ModelFileError(f"{source}: [data] has unknown key(s) {unknown}")
     for key in ("time", "trajectory"):
         if key in data and (not isinstance(data[key], str) or not data[key].strip()):
             raise ModelFileError(f"{source}: data.{key} must be a column name")
+    time_col = data.get("time", "t")
+    traj_col = data.get("trajectory", "trajectory")
+    for key, col in (("time", time_col), ("trajectory", traj_col)):
+        if col in states:
+            raise ModelFileError(
+                f"{source}: data.{key}: column {col!r} is also a state; the {key} column and"
+                " the state columns must differ"
+            )
+    if time_col == traj_col:
+        raise ModelFileError(
+            f"{source}: data.time and data.trajectory name the same column {time_col!r}"
+        )
 
     return MechanisticModel(
         states=tuple(states),
@@ -251,8 +265,8 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
         fixed=tuple(fixed),
         equations=tuple(equations),
         residual_states=tuple(s for s in states if s in res_states),
-        time_column=data.get("time", "t"),
-        trajectory_column=data.get("trajectory", "trajectory"),
+        time_column=time_col,
+        trajectory_column=traj_col,
         source=source,
     )
 
