@@ -115,3 +115,36 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
         progress=lambda stage, step, total, loss: seen.append(step),
     )
     assert seen[0] == 20  # started from the beginning
+
+
+def test_non_finite_loss_never_reaches_the_parameters():
+    """A step whose loss is NaN (here: corrupt targets) leaves the parameters untouched."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import optax
+
+    from sciml._ude import _adam_chunk, init_ude
+
+    model = sciml.load_model("data/lotka_volterra/model.toml")
+    data = sciml.load_trajectories("data/lotka_volterra/lotka_volterra.csv", model.states)
+    ude = init_ude(model, model.guesses, data, key=jax.random.key(0))
+    ts, ys, mask = (jnp.asarray(a) for a in data.padded())
+    ys = ys.at[0, 5, 0].set(jnp.nan)
+    y0s = ys[:, 0, :]
+    trainable, static = eqx.partition((ude, y0s), eqx.is_inexact_array)
+    opt = optax.adam(1e-2)
+    after, _, values = _adam_chunk(
+        trainable,
+        static,
+        opt.init(trainable),
+        ts,
+        ys,
+        mask,
+        jnp.ones(2),
+        optimizer=opt,
+        config=UDEConfig(),
+        n=3,
+    )
+    assert not np.any(np.isfinite(np.asarray(values)))
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(trainable)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
