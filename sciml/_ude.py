@@ -429,15 +429,3 @@ def relative_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-column ‖a − b‖ / ‖b‖."""
     a, b = np.asarray(a), np.asarray(b)
     return np.linalg.norm(a - b, axis=0) / np.maximum(np.linalg.norm(b, axis=0), 1e-300)
-
-
-def trajectory_rmse(ude: UDE, y0s, data: TrajectorySet, *, rtol=1e-7, atol=1e-9) -> np.ndarray:
-    """Per-state RMSE of the UDE's trajectories against the data."""
-    ts, ys, mask = (jnp.asarray(a) for a in data.padded())
-    pred, ok = jax.vmap(lambda y0, t: solve(ude, y0, t, rtol=rtol, atol=atol)[:2])(
-        jnp.asarray(y0s), ts
-    )
-    err = np.asarray(mask[..., None] * (pred - ys))
-    if not np.all(np.asarray(ok)):
-        return np.full(ys.shape[-1], math.inf)
-    return np.sqrt((err**2).sum(axis=(0, 1)) / float(mask.sum()))

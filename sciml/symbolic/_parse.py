@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping
 
 import sympy as sp
 
+from .._expr import CONSTANTS
+from .._expr import FUNCTIONS as MODEL_FUNCTIONS
+
 MAX_CHARS = 20_000
 MAX_DEPTH = 200
 
@@ -22,16 +25,7 @@ MAX_DEPTH = 200
 # mathematics), with their arity. Functions outside the exchange vocabulary (tan, cosh, ...) parse
 # here but are refused later by `check_vocabulary`, so the caller decides what to do with them.
 FUNCTIONS: dict[str, tuple[Callable[..., sp.Expr], int]] = {
-    "exp": (sp.exp, 1),
-    "log": (sp.log, 1),
-    "sin": (sp.sin, 1),
-    "cos": (sp.cos, 1),
-    "tan": (sp.tan, 1),
-    "tanh": (sp.tanh, 1),
-    "sinh": (sp.sinh, 1),
-    "cosh": (sp.cosh, 1),
-    "sqrt": (sp.sqrt, 1),
-    "abs": (sp.Abs, 1),
+    **{name: f for name, f in MODEL_FUNCTIONS.items() if name not in ("min", "max")},
     "Abs": (sp.Abs, 1),
     "sign": (sp.sign, 1),
     "square": (lambda a: a**2, 1),
@@ -49,7 +43,6 @@ FUNCTIONS: dict[str, tuple[Callable[..., sp.Expr], int]] = {
     "div": (lambda a, b: a / b, 2),
     "pow": (lambda a, b: a**b, 2),
 }
-CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "E": sp.E}
 
 _BINOPS: dict[type, Callable[[sp.Expr, sp.Expr], sp.Expr]] = {
     ast.Add: lambda a, b: a + b,
