@@ -189,9 +189,9 @@ def build_term_model(
     """
     subs = dict(zip(model.parameter_symbols, [sp.Float(float(v)) for v in mech_params]))
     table = model.symbol_table()
+    ones = {p: sp.Integer(1) for p in model.parameter_symbols}
     names, guesses, equations, terms = [], [], [], []
     for state, eq in zip(model.states, model.equations):
-        ones = {p: sp.Integer(1) for p in model.parameter_symbols}
         theory_forms = {
             _monomial(t) for t in sp.Add.make_args(sp.expand(eq.xreplace(ones))) if t != 0
         }
