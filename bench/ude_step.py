@@ -92,8 +92,8 @@ def main() -> None:
     for i, lin in enumerate(net.mlp.layers):
         layer = torch.nn.Linear(lin.in_features, lin.out_features)
         with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(np.asarray(lin.weight)))
-            layer.bias.copy_(torch.from_numpy(np.asarray(lin.bias)))
+            layer.weight.copy_(torch.from_numpy(np.array(lin.weight)))
+            layer.bias.copy_(torch.from_numpy(np.array(lin.bias)))
         layers.append(layer)
         if i < len(net.mlp.layers) - 1:
             layers.append(torch.nn.GELU())
@@ -113,7 +113,7 @@ def main() -> None:
             return known + out * self.mlp((y - mean) / sd)
 
     field = Field()
-    t_t, y_t, s_t = (torch.from_numpy(np.asarray(a)) for a in (ts, ys, scale))
+    t_t, y_t, s_t = (torch.from_numpy(np.array(a)) for a in (ts, ys, scale))
     topt = torch.optim.Adam(field.parameters(), lr=1e-3)
 
     def torch_step():
