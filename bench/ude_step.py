@@ -99,7 +99,7 @@ def main() -> None:
             layers.append(torch.nn.GELU())
     mlp = torch.nn.Sequential(*layers)
     mean, sd, out = (
-        torch.from_numpy(np.asarray(a)) for a in (net.in_mean, net.in_scale, net.out_scale)
+        torch.from_numpy(np.array(a)) for a in (net.in_mean, net.in_scale, net.out_scale)
     )
     alpha, delta = (float(v) for v in model.guesses)
 
