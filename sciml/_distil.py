@@ -401,7 +401,7 @@ def select_and_refit(
     *,
     fit_initial_state: bool = True,
     max_complexity: int = 25,
-    max_nonpolynomial: int = 2,
+    max_nonpolynomial: int = 1,
 ) -> Selection:
     """Choose one formula per residual state, refit every constant, prune needless terms.
 
