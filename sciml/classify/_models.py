@@ -253,6 +253,13 @@ class AbstractClassifier(eqx.Module):
         raise NotImplementedError
 
 
+def _augment(y: jax.Array, channels: int) -> jax.Array:
+    """Append `channels` zero channels (augmented neural ODEs)."""
+    if not channels:
+        return y
+    return jnp.concatenate([y, jnp.zeros((channels, *y.shape[1:]), y.dtype)], axis=0)
+
+
 class ODEClassifier(AbstractClassifier):
     """Stem, optional zero augmentation channels, one neural ODE block, pooling and affine."""
 
@@ -262,9 +269,7 @@ class ODEClassifier(AbstractClassifier):
     augment: int = eqx.field(static=True)
 
     def __call__(self, x: Sample) -> tuple[Logits, Steps, jax.Array]:
-        y = self.stem(x.astype(DTYPE))
-        if self.augment:
-            y = jnp.concatenate([y, jnp.zeros((self.augment, *y.shape[1:]), y.dtype)], axis=0)
+        y = _augment(self.stem(x.astype(DTYPE)), self.augment)
         y, steps, ok = self.block(y)
         return self.head(y), steps, ok
 
@@ -278,9 +283,7 @@ class ResNetClassifier(AbstractClassifier):
     augment: int = eqx.field(static=True)
 
     def __call__(self, x: Sample) -> tuple[Logits, Steps, jax.Array]:
-        y = self.stem(x.astype(DTYPE))
-        if self.augment:
-            y = jnp.concatenate([y, jnp.zeros((self.augment, *y.shape[1:]), y.dtype)], axis=0)
+        y = _augment(self.stem(x.astype(DTYPE)), self.augment)
         for block in self.blocks:
             y = y + block(jnp.zeros((), DTYPE), y)
         return self.head(y), jnp.asarray(len(self.blocks)), jnp.asarray(True)
