@@ -43,7 +43,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # A Prefect server on PostgreSQL (project-local cluster in .pg/), the set-up a team shares.
-# Foreground; Ctrl-C stops the server and PostgreSQL. See docs/orchestration.md.
+# Foreground; Ctrl-C stops the server and PostgreSQL. Basic authentication on the API (the auth
+# string is generated into .secrets/prefect-auth, mode 0600), scram-sha-256 on PostgreSQL;
+# PREFECT_SERVER_API_HOST=0.0.0.0 serves the network (never without auth). docs/orchestration.md
 server: $(STAMP)
 	PREFECT_LOGGING_LEVEL=INFO scripts/prefect-server.sh
 

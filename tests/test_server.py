@@ -1,30 +1,41 @@
-"""A real Prefect server on PostgreSQL: discovery against it, read back through the client, and
-a cron-scheduled deployment run by a `process` work pool's worker.
+"""A real Prefect server on PostgreSQL, started by `scripts/prefect-server.sh` (what `make
+server` runs): basic authentication on the API, scram-sha-256 on PostgreSQL, owner-only secret
+files; discovery against it, read back through the client, and a cron-scheduled deployment run
+by a `process` work pool's worker that has the credentials.
 
-Every process started here is stopped (a `prefect worker` exits only on a second signal).
+Every process started here is stopped (a `prefect worker` exits only on a second signal). All
+traffic goes to 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import base64
 import glob
 import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = ROOT / "scripts" / "pg-server.sh"
+SERVER = ROOT / "scripts" / "prefect-server.sh"
+GPU_WORKER = ROOT / "scripts" / "gpu-worker.sh"
 LV = ROOT / "data" / "lotka_volterra"
 BIN = Path(sys.executable).parent
+# settings of the calling shell that would change what the scripts do
+AUTH_VARS = ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY")
 
 pytestmark = [
     pytest.mark.server,
@@ -39,6 +50,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS and k != "PREFECT_API_URL"}
+    return {**env, **extra}
 
 
 def stop(proc: subprocess.Popen, signals: int = 1, timeout: float = 30) -> None:
@@ -56,33 +72,47 @@ def stop(proc: subprocess.Popen, signals: int = 1, timeout: float = 30) -> None:
         proc.wait(timeout=10)
 
 
+@dataclass
+class Server:
+    url: str  # http://127.0.0.1:PORT/api
+    auth: str  # the generated auth string, user:password
+    folder: Path  # the cluster (pg/), the secrets (secrets/) and server.log
+    env: dict[str, str]  # what the scripts ran with
+
+    @property
+    def pg_password(self) -> str:
+        return (self.folder / "pg" / "password").read_text().strip()
+
+    def client_env(self) -> dict[str, str]:
+        return clean_env(PREFECT_API_URL=self.url, PREFECT_API_AUTH_STRING=self.auth)
+
+    def secrets(self) -> list[str]:
+        return [self.auth, self.auth.split(":", 1)[1], self.pg_password]
+
+
 @pytest.fixture(scope="module")
 def server():
-    """PostgreSQL (project script, temporary cluster) and a Prefect server on it."""
+    """`scripts/prefect-server.sh` on 127.0.0.1 with a temporary cluster and secrets folder."""
     folder = Path(tempfile.mkdtemp(prefix="sciml-pg-"))
     folder.chmod(0o755)  # the `postgres` user runs the cluster when we are root
-    env = {
-        **os.environ,
-        "SCIML_PG_DIR": str(folder / "pg"),
-        "SCIML_PG_PORT": str(free_port()),
-    }
-    subprocess.run([PG, "start"], env=env, check=True, timeout=120)
-    proc = None
+    port = free_port()
+    env = clean_env(
+        SCIML_PG_DIR=str(folder / "pg"),
+        SCIML_PG_PORT=str(free_port()),
+        SCIML_PREFECT_AUTH_FILE=str(folder / "secrets" / "prefect-auth"),
+        PREFECT_SERVER_API_HOST="127.0.0.1",
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT=str(BIN / "prefect"),
+    )
+    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [SERVER], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
-        db = subprocess.run([PG, "url"], env=env, check=True, capture_output=True, text=True)
-        port = free_port()
-        log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(
-            [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env={**env, "PREFECT_API_DATABASE_CONNECTION_URL": db.stdout.strip()},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
         url = f"http://127.0.0.1:{port}/api"
         deadline = time.monotonic() + 120
         while True:
-            try:
+            try:  # /health is open without credentials (Prefect exempts it, for probes)
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                     if r.status == 200:
                         break
@@ -91,22 +121,27 @@ def server():
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("Prefect server did not start:\n" + (folder / "server.log").read_text())
             time.sleep(0.5)
-        yield url
+        auth = (folder / "secrets" / "prefect-auth").read_text().strip()
+        yield Server(url, auth, folder, env)
     finally:
-        if proc is not None:
-            stop(proc)
-            log.close()
-        subprocess.run([PG, "stop"], env=env, timeout=120)
+        stop(proc)  # the script stops PostgreSQL once the server has exited ...
+        log.close()
+        subprocess.run([PG, "stop"], env=env, timeout=120)  # ... or this does
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def client(url: str):
+def client(server: Server, auth: str | None = "server's"):
+    """A sync Prefect client on the server, with its auth string (or `auth`, None for none)."""
     from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    auth = server.auth if auth == "server's" else auth
 
     class _Client:
         def __enter__(self):
-            self.settings = temporary_settings({PREFECT_API_URL: url})
+            self.settings = temporary_settings(
+                {PREFECT_API_URL: server.url, PREFECT_API_AUTH_STRING: auth}
+            )
             self.settings.__enter__()
             self.client = get_client(sync_client=True)
             return self.client.__enter__()
@@ -116,6 +151,196 @@ def client(url: str):
             self.settings.__exit__(*exc)
 
     return _Client()
+
+
+def request(url: str, auth: str | None, body: bytes | None = b"{}") -> int:
+    """The HTTP status of a POST (GET when body is None) to url, with basic auth when given."""
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    req = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def assert_no_secret(server: Server, paths) -> None:
+    """None of the secrets (auth string, its password, the database password) in these files."""
+    secrets = server.secrets()
+    checked = 0
+    for path in paths:
+        path = Path(path)
+        for f in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+            text = f.read_bytes().decode("utf-8", "replace")
+            checked += 1
+            for secret in secrets:
+                assert secret not in text, f"a secret is in {f}"
+    assert checked
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- authentication on the API -----------------------------------------------------------------
+
+
+def test_api_refuses_requests_without_credentials(server):
+    """401 without or with wrong credentials; 200 with the generated auth string."""
+    flows = f"{server.url}/flows/filter"
+    assert request(flows, None) == 401
+    assert request(flows, "sciml:wrong") == 401
+    assert request(flows, server.auth.split(":", 1)[1]) == 401  # the password alone
+    assert request(flows, server.auth) == 200
+    assert request(f"{server.url}/health", None, body=None) == 200  # probes stay open
+
+    # the Python client sends PREFECT_API_AUTH_STRING as basic auth ...
+    with client(server) as c:
+        c.read_flows(limit=1)
+    # ... and without it the server refuses it
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with pytest.raises(PrefectHTTPStatusError) as e, client(server, auth=None) as c:
+        c.read_flows(limit=1)
+    assert e.value.response.status_code == 401
+
+    # the CLI too
+    cli = [BIN / "prefect", "work-pool", "ls"]
+    ok = subprocess.run(cli, env=server.client_env(), capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    env = {**server.client_env(), "PREFECT_API_AUTH_STRING": "sciml:wrong"}
+    refused = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert "401" in refused.stdout + refused.stderr
+
+
+def test_secrets_are_owner_only(server):
+    """The auth string and the database password live in 0600 files, in 0700 folders."""
+    secrets, pg = server.folder / "secrets", server.folder / "pg"
+    assert mode(secrets) == 0o700
+    assert mode(secrets / "prefect-auth") == 0o600
+    assert mode(pg) == 0o700
+    assert mode(pg / "password") == 0o600
+    assert mode(pg / "url") == 0o600
+    assert (
+        (pg / "url").read_text().startswith(f"postgresql+asyncpg://prefect:{server.pg_password}@")
+    )
+    user, password = server.auth.split(":", 1)
+    assert user and len(password) >= 32
+    assert not (pg / ".initdb-pw").exists()  # initdb's copy of the password is gone
+
+
+def test_postgres_asks_for_the_password(server):
+    """pg_hba.conf: scram-sha-256 on every line, no `trust`; a client without it is refused."""
+    hba = server.folder / "pg" / "data" / "pg_hba.conf"
+    lines = [
+        line.split()
+        for line in hba.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines and all(line[-1] == "scram-sha-256" for line in lines), lines
+    assert not any("trust" in line for line in lines)
+
+    bin_ = os.environ.get("PG_BIN") or sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+    psql = [Path(bin_) / "psql", "-X", "-w", "-h", "127.0.0.1", "-p", server.env["SCIML_PG_PORT"]]
+    psql += ["-U", "prefect", "-d", "prefect", "-tAc", "SELECT 1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGCONNECT_TIMEOUT"] = "10"
+    refused = subprocess.run(psql, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "password" in refused.stderr
+    env["PGPASSWORD"] = "wrong"
+    assert subprocess.run(psql, env=env, capture_output=True, timeout=60).returncode != 0
+    env["PGPASSWORD"] = server.pg_password
+    ok = subprocess.run(psql, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.strip() == "1", ok.stderr
+
+
+def test_gpu_worker_needs_the_auth_string(server, tmp_path):
+    """scripts/gpu-worker.sh: no auth file, a file others can read, a wrong string: refused
+    before anything is installed or started."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("gpu-worker.sh runs the repository's .venv")
+    env = clean_env(PREFECT_API_URL=server.url, SCIML_GPU_POOL="test-gpu-refused")
+
+    def run(**extra):
+        return subprocess.run(
+            [GPU_WORKER, "--no-install"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    missing = run(SCIML_PREFECT_AUTH_FILE=str(tmp_path / "absent"))
+    assert missing.returncode == 78 and "no auth string" in missing.stderr
+
+    loose = tmp_path / "prefect-auth"
+    loose.write_text(server.auth + "\n")
+    loose.chmod(0o644)
+    r = run(SCIML_PREFECT_AUTH_FILE=str(loose))
+    assert r.returncode == 78 and "chmod 600" in r.stderr
+    assert server.auth not in r.stdout + r.stderr
+
+    loose.write_text("sciml:wrong\n")
+    loose.chmod(0o600)
+    r = run(SCIML_PREFECT_AUTH_FILE=str(loose))
+    assert r.returncode != 0 and "refused the auth string (401" in r.stderr, r.stderr[-2000:]
+
+
+# --- the server script's choices, without starting a server ------------------------------------
+
+
+def run_server_script(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    env = clean_env(
+        SCIML_PG_DIR=str(tmp_path / "pg"),
+        SCIML_PREFECT_AUTH_FILE=str(tmp_path / "secrets" / "prefect-auth"),
+        PREFECT_SERVER_API_PORT=str(free_port()),
+        **extra,
+    )
+    return subprocess.run([SERVER, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_refuses_a_public_address_without_authentication(tmp_path):
+    """An explicitly empty auth string on a non-loopback address: exit 78 before anything
+    starts (no PostgreSQL, nothing bound)."""
+    for host in ("0.0.0.0", "192.0.2.10", "::"):
+        r = run_server_script(
+            tmp_path, PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_AUTH_STRING=""
+        )
+        assert r.returncode == 78, r.stderr
+        assert f"refusing to serve the API on {host} without authentication" in r.stderr
+    assert not (tmp_path / "pg").exists()
+    assert not (tmp_path / "secrets").exists()
+
+
+def test_generates_the_auth_string_on_first_start(tmp_path):
+    """No auth string set: one is generated into an owner-only file, and only its path is
+    printed; a file others can read is refused; an empty string is allowed on loopback only."""
+    r = run_server_script(tmp_path, "--check", PREFECT_SERVER_API_HOST="0.0.0.0")
+    assert r.returncode == 0, r.stderr
+    auth_file = tmp_path / "secrets" / "prefect-auth"
+    auth = auth_file.read_text().strip()
+    assert mode(auth_file) == 0o600 and mode(auth_file.parent) == 0o700
+    assert auth.startswith("sciml:") and len(auth) > 30
+    assert auth not in r.stdout + r.stderr and auth.split(":")[1] not in r.stderr
+    assert f'PREFECT_API_AUTH_STRING="$(cat {auth_file})"' in r.stderr
+    assert "put TLS in front" in r.stderr
+    assert not (tmp_path / "pg").exists()  # --check starts nothing
+
+    again = run_server_script(tmp_path, "--check", PREFECT_SERVER_API_HOST="0.0.0.0")
+    assert again.returncode == 0 and auth_file.read_text().strip() == auth  # kept
+    assert "generated" not in again.stderr
+
+    auth_file.chmod(0o640)
+    loose = run_server_script(tmp_path, "--check")
+    assert loose.returncode != 0 and "chmod 600" in loose.stderr
+    assert auth not in loose.stderr
+
+    off = run_server_script(tmp_path, "--check", PREFECT_SERVER_API_AUTH_STRING="")
+    assert off.returncode == 0 and "authentication OFF" in off.stderr
 
 
 DISCOVER = """
@@ -147,7 +372,7 @@ def test_discover_against_the_server(server, shared_results, tmp_path):
         [sys.executable, "-c", DISCOVER, str(LV / "lotka_volterra.csv"), str(LV / "model.toml")]
         + [str(out), str(shared_results)],
         cwd=ROOT,
-        env={**os.environ, "PREFECT_API_URL": server},
+        env=server.client_env(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -180,11 +405,16 @@ def test_discover_against_the_server(server, shared_results, tmp_path):
     assert {"state", "engine", "complexity", "loss", "equation", "selected"} <= set(rows[0])
     if (out / "report.html").exists():
         assert any("report.html" in text for text in texts)
+    # nothing secret in the run folder (run.json, the report, ...), the artifacts or the output
+    assert_no_secret(server, [out])
+    for secret in server.secrets():
+        assert not any(secret in text for text in texts)
+        assert secret not in r.stdout + r.stderr
 
 
 def test_scheduled_deployment_runs_on_a_worker(server, tmp_path):
     """`sciml deploy` with a cron schedule; `prefect deployment run`; a process worker runs it."""
-    env = {**os.environ, "PREFECT_API_URL": server}
+    env = server.client_env()
     out, pool = tmp_path / "deployed", "test-process-pool"
     r = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "deploy", str(LV / "lotka_volterra.csv")]
@@ -232,3 +462,17 @@ def test_scheduled_deployment_runs_on_a_worker(server, tmp_path):
     assert state.is_completed(), f"{state}\n{log}"
     discovered = json.loads((out / "discovered.json").read_text())
     assert discovered["parameters"]["beta"] == pytest.approx(0.9, rel=0.2)
+    assert_no_secret(server, [out, tmp_path / "worker.log"])
+    with client(server) as c:  # the deployment's job variables hold no secret either
+        deployment = c.read_deployment_by_name("discover/lv-nightly")
+        job_variables = json.dumps(deployment.job_variables)
+    assert not any(secret in job_variables for secret in server.secrets())
+
+
+def test_no_secret_in_the_logs(server):
+    """The script's and the server's output, PostgreSQL's log and initdb's: no secret."""
+    pg = server.folder / "pg"
+    assert_no_secret(server, [server.folder / "server.log", pg / "postgres.log", pg / "initdb.log"])
+    log = (server.folder / "server.log").read_text()
+    assert "basic authentication on" in log
+    assert "PREFECT_API_AUTH_STRING=" in log  # how clients get it: the file, not the string
