@@ -232,9 +232,14 @@ def test_secrets_are_owner_only(server):
     assert not (pg / ".initdb-pw").exists()  # initdb's copy of the password is gone
 
 
-def test_postgres_asks_for_the_password(server):
-    """pg_hba.conf: scram-sha-256 on every line, no `trust`; a client without it is refused."""
-    hba = server.folder / "pg" / "data" / "pg_hba.conf"
+def pg_bin() -> Path:
+    return Path(os.environ.get("PG_BIN") or sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1])
+
+
+def assert_password_required(pg_dir: Path, port: str) -> None:
+    """pg_hba.conf: scram-sha-256 on every line, no `trust`; psql is refused without the
+    password or with a wrong one, and let in with the one in pg_dir/password."""
+    hba = pg_dir / "data" / "pg_hba.conf"
     lines = [
         line.split()
         for line in hba.read_text().splitlines()
@@ -243,8 +248,7 @@ def test_postgres_asks_for_the_password(server):
     assert lines and all(line[-1] == "scram-sha-256" for line in lines), lines
     assert not any("trust" in line for line in lines)
 
-    bin_ = os.environ.get("PG_BIN") or sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
-    psql = [Path(bin_) / "psql", "-X", "-w", "-h", "127.0.0.1", "-p", server.env["SCIML_PG_PORT"]]
+    psql = [pg_bin() / "psql", "-X", "-w", "-h", "127.0.0.1", "-p", port]
     psql += ["-U", "prefect", "-d", "prefect", "-tAc", "SELECT 1"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["PGCONNECT_TIMEOUT"] = "10"
@@ -253,9 +257,41 @@ def test_postgres_asks_for_the_password(server):
     assert "password" in refused.stderr
     env["PGPASSWORD"] = "wrong"
     assert subprocess.run(psql, env=env, capture_output=True, timeout=60).returncode != 0
-    env["PGPASSWORD"] = server.pg_password
+    assert mode(pg_dir / "password") == 0o600
+    env["PGPASSWORD"] = (pg_dir / "password").read_text().strip()
     ok = subprocess.run(psql, env=env, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.strip() == "1", ok.stderr
+
+
+def test_postgres_asks_for_the_password(server):
+    """The server's cluster: scram-sha-256 only, and the password is needed."""
+    assert_password_required(server.folder / "pg", server.env["SCIML_PG_PORT"])
+
+
+def test_a_trust_cluster_is_switched_to_scram():
+    """A cluster made before (initdb --auth=trust) gets a generated password on its next
+    start, and its `trust` lines become scram-sha-256."""
+    folder = Path(tempfile.mkdtemp(prefix="sciml-pg-legacy-"))
+    folder.chmod(0o755)  # the `postgres` user runs the cluster when we are root
+    pg = folder / "pg"
+    pg.mkdir()
+    initdb = [pg_bin() / "initdb", "-D", pg / "data", "-U", "prefect", "--auth=trust"]
+    if os.geteuid() == 0:
+        shutil.chown(pg, "postgres", "postgres")
+        initdb = ["runuser", "-u", "postgres", "--", *initdb]
+    env = clean_env(SCIML_PG_DIR=str(pg), SCIML_PG_PORT=str(free_port()))
+    try:
+        subprocess.run(initdb, check=True, capture_output=True, timeout=120)
+        assert "trust" in (pg / "data" / "pg_hba.conf").read_text()
+        r = subprocess.run([PG, "start"], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "from trust to scram-sha-256" in r.stderr
+        assert_password_required(pg, env["SCIML_PG_PORT"])
+        password = (pg / "password").read_text().strip()
+        assert password not in r.stderr + (pg / "postgres.log").read_text()
+    finally:
+        subprocess.run([PG, "stop"], env=env, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_gpu_worker_needs_the_auth_string(server, tmp_path):
