@@ -217,7 +217,8 @@ def fit_weak_sindy(t, x, states: Sequence[str], seed: int = 0) -> dict[str, str]
 
 
 def fit_sciml(case: Case, run_dir: Path, settings: dict[str, Any]) -> tuple[dict[str, str], str]:
-    """Our discovery on trajectory 0; returns the equations and a note (report trouble)."""
+    """Our discovery on trajectory 0: the equations, and notes (engines unavailable, a report
+    that failed to render) for the row's error column."""
     import shutil
 
     from sciml.discover import run_discovery
@@ -235,14 +236,17 @@ def fit_sciml(case: Case, run_dir: Path, settings: dict[str, Any]) -> tuple[dict
         quick=settings["quick"],
         show_progress=False,
     )
-    note = ""
+    notes = []
+    unavailable = (result.get("engines") or {}).get("unavailable") or {}
+    if unavailable:  # the equations then fall back to the (empty) theory
+        notes += [f"engine {e} unavailable: {why}" for e, why in unavailable.items()]
     try:
         from sciml.report import render_report
 
         render_report(run_dir)
     except Exception as err:  # noqa: BLE001 - a report failure does not void the discovery
-        note = f"report failed: {type(err).__name__}: {err}"
-    return {s: str(v) for s, v in result["equations"].items()}, note
+        notes.append(f"report failed: {type(err).__name__}: {err}")
+    return {s: str(v) for s, v in result["equations"].items()}, "; ".join(notes)
 
 
 # -- rows --------------------------------------------------------------------------------------
@@ -367,6 +371,8 @@ def worker(case_dir: Path, out: Path, args: argparse.Namespace) -> int:
             msg = f"case unreadable: {type(err).__name__}: {err}"
             write_row(out, failure_row(case_dir.name, m, method_settings(m, args), msg))
         return 0
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"--- {stamp} worker {os.getpid()}: {', '.join(todo)}", flush=True)
     # imports outside the timings (each process pays them once, whatever it fits)
     if any(m != "sciml" for m in todo):
         import pysindy  # noqa: F401
@@ -421,6 +427,18 @@ def _worker_env(jobs: int) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the worker, before exec (Linux): be sent SIGTERM when the suite's process dies, so a
+    killed suite leaves no worker behind to collide with the rerun's."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _log_tail(path: Path, n: int = 3) -> str:
     try:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
@@ -473,6 +491,7 @@ def run_suite(cases: list[Path], out: Path, args: argparse.Namespace) -> None:
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         env=env,
+                        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                     )
                     running[case] = (proc, time.monotonic(), log)
                 progress.update(task, description=", ".join(c.name for c in running))

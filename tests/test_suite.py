@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pandas as pd
@@ -227,3 +228,31 @@ def test_weak_sindy_is_seeded(tmp_path):
     )
     fits = [suite.fit_weak_sindy(case.t, case.x, case.states, seed=s) for s in (3, 3, 4)]
     assert fits[0] == fits[1]
+
+
+def test_a_crash_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch):
+    cases = tmp_path / "cases"
+    make_case(cases, "03_logistic", LOGISTIC, LOGISTIC_TERMS, [[7.3], [21.0]])
+    make_case(cases, "25_linear", LINEAR, LINEAR_TERMS, [[1.0, 0.0], [-0.5, 2.0]])
+    out = tmp_path / "out"
+    args = suite.parse_args([str(cases), "--out", str(out)])
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    # a discovery that raises: a failed row with its message
+    monkeypatch.setattr(suite, "fit_sciml", boom)
+    row = suite.run_method(suite.Case(cases / "03_logistic"), "sciml", out, args)
+    assert row["failed"] and row["error"] == "RuntimeError: boom"
+    assert math.isnan(row["r2_reconstruction"]) and not row["solved_reconstruction"]
+
+    # a worker process that dies: failed rows for what it left undone, the next case still runs
+    crash = [sys.executable, "-c", "import sys; print('worker died here'); sys.exit(3)"]
+    monkeypatch.setattr(suite, "_worker_argv", lambda case, o, a: crash)
+    suite.run_suite(suite.find_cases(cases), out, args)
+    rows = [suite.read_row(p) for p in sorted((out / "rows").glob("*.json"))]
+    assert len(rows) == 6 and all(r["failed"] for r in rows)
+    assert all(r["error"] == "worker exited with code 3: worker died here" for r in rows)
+    # failed rows are done unless --retry-failed
+    assert suite.is_done(out, "25_linear", "pysindy", {}, retry_failed=False)
+    assert not suite.is_done(out, "25_linear", "pysindy", {}, retry_failed=True)
