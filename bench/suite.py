@@ -146,6 +146,10 @@ class Case:
 
     def score(self, equations: dict[str, str]) -> dict[str, Any]:
         rhs = scoring.parse_system(equations, self.states)
+        known = set(scoring.state_symbols(self.states).values())
+        unknown = set().union(*(e.free_symbols for e in rhs.values())) - known
+        if unknown:
+            raise ValueError(f"names that are not states: {sorted(map(str, unknown))}")
         out: dict[str, Any] = {}
         for key, y0, t, truth in (
             ("reconstruction", self.init_fit, self.t, self.true_fit),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -256,3 +257,21 @@ def test_a_crash_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch):
     # failed rows are done unless --retry-failed
     assert suite.is_done(out, "25_linear", "pysindy", {}, retry_failed=False)
     assert not suite.is_done(out, "25_linear", "pysindy", {}, retry_failed=True)
+
+    # a worker past --timeout is stopped, and its case recorded as timed out
+    for p in (out / "rows").glob("*.json"):
+        p.unlink()
+    slow = [sys.executable, "-c", "import time; time.sleep(60)"]
+    monkeypatch.setattr(suite, "_worker_argv", lambda case, o, a: slow)
+    args = suite.parse_args([str(cases), "--out", str(out), "--timeout", "1", "--jobs", "2"])
+    started = time.monotonic()
+    suite.run_suite(suite.find_cases(cases), out, args)
+    assert time.monotonic() - started < 30
+    rows = [suite.read_row(p) for p in sorted((out / "rows").glob("*.json"))]
+    assert len(rows) == 6 and all(r["error"].startswith("timed out after 1 s") for r in rows)
+
+
+def test_unknown_names_fail_scoring(tmp_path):
+    case = suite.Case(make_case(tmp_path, "03_logistic", LOGISTIC, LOGISTIC_TERMS, [[7.3], [21.0]]))
+    with pytest.raises(ValueError, match="not states"):
+        case.score({"x0": "k*x0"})
