@@ -1,9 +1,12 @@
 """The `sciml` command line (DESIGN §1).
 
 Exit codes: 0 success; 2 bad input (the message names the file, column, row or key); 1 anything
-else. Each command validates its input first (fast, before Prefect starts), then runs its
-Prefect flow: against the server at `PREFECT_API_URL` when set, else Prefect's embedded
-temporary API (SQLite). `deploy` and `sweep` schedule and spread the same flows.
+else; 128 + N when stopped by signal N (143 for SIGTERM, 130 for SIGINT: the run's children are
+stopped, its flow runs marked Cancelled, its checkpoint kept; see `pipelines._signals`).
+
+Each command validates its input first (fast, before Prefect starts), then runs its Prefect flow:
+against the server at `PREFECT_API_URL` when set, else Prefect's embedded temporary API (SQLite).
+`deploy` and `sweep` schedule and spread the same flows.
 """
 
 from __future__ import annotations
@@ -281,8 +284,33 @@ def _pydantic_message(err) -> str:
     return "; ".join(parts)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, handle_signals: bool | None = None) -> int:
+    """Run one command; returns the exit code.
+
+    `handle_signals` (default: when called as the program, `argv` None) installs the SIGTERM and
+    SIGINT handling of `pipelines._signals`: the run stops cleanly, its children with it, and the
+    command exits 128 + the signal number (143 for SIGTERM).
+    """
     args = _parser().parse_args(argv)
+    if handle_signals is None:
+        handle_signals = argv is None
+    if handle_signals:
+        from pipelines import _signals
+
+        _signals.install()
+    try:
+        code = _main(args)
+    except BaseException as err:
+        if not handle_signals or not _signals.requested():
+            raise
+        code = _stopped(args, err)
+    else:
+        if handle_signals and _signals.requested():
+            code = _stopped(args, None)  # a handler other than ours took it (Prefect's runner)
+    return code
+
+
+def _main(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from sciml import InputError
@@ -299,11 +327,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
+        from pipelines import _signals
+
+        if _signals.requested():
+            raise  # a failure caused by stopping: reported as the stop
         print(f"sciml {args.command}: failed: {type(err).__name__}: {err}", file=sys.stderr)
         if os.environ.get("SCIML_DEBUG"):
             raise
         return 1
     return 0
+
+
+def _stopped(args: argparse.Namespace, err: BaseException | None) -> int:
+    """After SIGTERM/SIGINT: flow runs Cancelled, children stopped, exit 128 + signal."""
+    from pipelines import _signals
+
+    signum = err.signum if isinstance(err, _signals.Stopped) else _signals.requested()
+    reason = _signals.signal_name(signum)
+    print(
+        f"sciml {args.command}: stopped by {reason}; stopping its processes (a checkpoint, if "
+        "any, is kept: the same command again resumes)",
+        file=sys.stderr,
+        flush=True,
+    )
+    _signals.mark_cancelled(f"stopped by {reason} (sciml {args.command})")
+    stopped = _signals.stop_descendants(keep=_signals.api_servers())  # the API: at exit
+    if getattr(args, "out", None):  # locks of stopped workers (a sweep's runs)
+        _signals.release_locks(args.out, stopped)
+    return 128 + signum
 
 
 if __name__ == "__main__":

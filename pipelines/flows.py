@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow
 
 from . import tasks
+from ._signals import note_flow_run
 from .params import ClassifyParams, CNFParams, DiscoverParams, PipelineParams, SweepParams
 from .tasks import in_results
 
@@ -62,6 +63,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
     engine, selection and refit, report; then the artifacts (equations, Pareto table, report
     link). Without a `[residual]` section the run is a plain mechanistic fit.
     """
+    note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
     from sciml._rundir import run_directory
     from sciml.discover import RESULT_FILES
 
@@ -115,12 +117,14 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
 @flow(name="cnf", **FLOW_OPTIONS)
 def cnf(params: CNFParams) -> dict[str, Any]:
     """A continuous normalising flow fitted to a table of samples (`sciml cnf`)."""
+    note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
     return tasks.cnf(params.data, str(params.out), params.test, params.seed, params.steps)
 
 
 @flow(name="classify", **FLOW_OPTIONS)
 def classify(params: ClassifyParams) -> dict[str, Any]:
     """The neural-ODE classifier (`sciml classify`)."""
+    note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
     return tasks.classify(
         params.dataset,
         str(params.data) if params.data else None,
@@ -134,6 +138,7 @@ def classify(params: ClassifyParams) -> dict[str, Any]:
 @flow(name="sciml-pipeline", **FLOW_OPTIONS)
 def pipeline(params: PipelineParams) -> dict[str, Any]:
     """The parent flow: discovery, CNF and classifier as subflows (each one optional)."""
+    note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
     results: dict[str, Any] = {}
     if params.discover is not None:
         results["discover"] = discover(params.discover)
@@ -162,6 +167,7 @@ def dask_runner(address: str | None, n_workers: int = 2) -> Any:
 
 @flow(name="discovery-sweep-runs", **FLOW_OPTIONS)
 def _sweep_runs(params: SweepParams) -> list[dict[str, Any]]:
+    note_flow_run()
     runs = [r.model_dump(mode="json") for r in params.runs()]
     print(f"sweep: {len(runs)} discovery runs")
     futures = tasks.discovery_run.map(runs)
@@ -182,6 +188,7 @@ def sweep(params: SweepParams) -> list[dict[str, Any]]:
     `params.dask_address` names an existing cluster's scheduler (`tcp://host:8786`); without it a
     local cluster of `params.n_workers` processes is started for the sweep and stopped after.
     """
+    note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
     runner = dask_runner(params.dask_address, params.n_workers)
     return _sweep_runs.with_options(task_runner=runner)(params)
 

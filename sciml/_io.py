@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 
+# Temporary files of writes in progress in this process: removed by `discard_pending` when the
+# process must exit at once (`pipelines._signals.hard_stop`), where no `finally` block runs.
+_pending: set[Path] = set()
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -24,6 +28,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _pending.add(tmp_path)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -32,6 +37,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    finally:
+        _pending.discard(tmp_path)
+
+
+def discard_pending() -> None:
+    """Remove the temporary files of this process's unfinished writes (on an immediate exit)."""
+    for tmp in list(_pending):
+        tmp.unlink(missing_ok=True)
+        _pending.discard(tmp)
 
 
 def _default(obj: Any) -> Any:

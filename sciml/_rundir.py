@@ -11,6 +11,11 @@ from pathlib import Path
 from ._errors import OutputDirError
 
 LOCK = ".sciml.lock"
+TEMPORARY = ".*.tmp"  # `sciml._io.atomic_path`'s temporary files
+
+# Locks this process holds: dropped by `release_all` when the process must exit at once
+# (`pipelines._signals.hard_stop`), where no `finally` block runs.
+_held: set[Path] = set()
 
 
 def _alive(pid: int) -> bool:
@@ -29,7 +34,8 @@ def run_directory(path: str | os.PathLike[str], *, clear: tuple[str, ...] = ()) 
 
     A second run into a folder in use is refused (`OutputDirError`); a lock left by a killed
     run (its process gone) is taken over. Files named in `clear` are removed on entry, so that a
-    failed re-run never leaves the previous run's results looking like its own.
+    failed re-run never leaves the previous run's results looking like its own, and so are
+    temporary files that a killed writer left (`.NAME.*.tmp`, see `sciml._io.atomic_path`).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -56,9 +62,26 @@ def run_directory(path: str | os.PathLike[str], *, clear: tuple[str, ...] = ()) 
         raise OutputDirError(f"{path}: cannot take the folder's lock")
     with os.fdopen(fd, "w") as f:
         f.write(str(os.getpid()))
+    _held.add(lock)
     try:
         for name in clear:
             (path / name).unlink(missing_ok=True)
+        for tmp in path.glob(TEMPORARY):  # left by a writer that was killed (SIGKILL)
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
         yield path
     finally:
+        _held.discard(lock)
         lock.unlink(missing_ok=True)
+
+
+def release_all() -> None:
+    """Drop the locks this process holds (on an immediate exit: the `finally` blocks do not run)."""
+    for lock in list(_held):
+        try:
+            mine = lock.read_text().strip() == str(os.getpid())
+        except OSError:
+            mine = False
+        if mine:
+            lock.unlink(missing_ok=True)
+        _held.discard(lock)
