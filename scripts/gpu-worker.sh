@@ -95,4 +95,48 @@ PY
 .venv/bin/prefect work-pool inspect "$pool" >/dev/null 2>&1 ||
     .venv/bin/prefect work-pool create "$pool" --type process
 echo "gpu-worker: starting a worker on pool $pool against $PREFECT_API_URL" >&2
-exec .venv/bin/prefect worker start --pool "$pool" --type process --limit "$limit"
+
+# SIGTERM/SIGINT (SLURM, Kubernetes, systemd, `timeout`) are forwarded to the worker, which
+# cancels its flow runs; whatever of its process tree is left after SCIML_STOP_GRACE seconds
+# (default 20) is killed, so that no flow run, temporary API server or Dask worker outlives the
+# script. A second signal kills at once. Exit status 128 + the signal (143 for SIGTERM).
+grace="${SCIML_STOP_GRACE:-20}"
+worker=""
+descendants() { # every process below $1, depth first
+    local child
+    for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+alive() { # the given processes that are still running (zombies count as gone)
+    local pid
+    for pid in "$@"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        case "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" in Z | "") ;; *) echo "$pid" ;; esac
+    done
+}
+stop() { # $1: signal name, $2: exit status
+    tree="$worker $(descendants "$worker")"
+    # shellcheck disable=SC2064 # $2 now, $tree when it fires
+    trap "echo 'gpu-worker: second signal: killing now' >&2; kill -KILL \$tree 2>/dev/null; exit $2" TERM INT
+    echo "gpu-worker: $1: stopping the worker (process $worker) and its runs" >&2
+    kill -TERM "$worker" 2>/dev/null || true
+    for _ in $(seq $((grace * 10))); do
+        [ -n "$(alive $tree)" ] || break
+        sleep 0.1
+    done
+    tree="$tree $(descendants "$worker")"
+    left="$(alive $tree)"
+    if [ -n "$left" ]; then
+        echo "gpu-worker: still running after ${grace} s, killed:" $left >&2
+        kill -KILL $left 2>/dev/null || true
+    fi
+    wait "$worker" 2>/dev/null || true
+    exit "$2"
+}
+trap 'stop SIGTERM 143' TERM
+trap 'stop SIGINT 130' INT
+.venv/bin/prefect worker start --pool "$pool" --type process --limit "$limit" &
+worker=$!
+wait "$worker"
