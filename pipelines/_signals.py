@@ -43,12 +43,13 @@ DEFAULT_GRACE = 20.0
 CHILD_GRACE = 3.0  # SIGTERM -> SIGKILL for descendants
 CANCEL_TIMEOUT = 10.0  # marking flow runs Cancelled through the API
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # a second signal's handler may run while the first holds it
 _seen: int | None = None  # the first signal, as seen by the watcher thread or the handler
 _handled = 0  # how many times the Python-level handler ran
 _flow_runs: list[str] = []  # ids of the flow runs started in this process, oldest first
 _at_signal: set[int] = set()  # this process's descendants when the first signal came
 _installed = False
+_wakeup: tuple[socket.socket, socket.socket] | None = None  # kept open while the process runs
 
 
 class Stopped(BaseException):
@@ -132,6 +133,7 @@ def _become_subreaper() -> None:
 
 def _watch_wakeup_fd() -> None:
     """A thread that sees every signal at C level, whichever Python handler then runs."""
+    global _wakeup
     try:
         reader, writer = socket.socketpair()
         writer.setblocking(False)
@@ -151,8 +153,8 @@ def _watch_wakeup_fd() -> None:
                 if signum in SIGNALS:
                     _observe(signum)
 
+    _wakeup = (reader, writer)
     threading.Thread(target=watch, name="sciml-signal-watch", daemon=True).start()
-    watch.sockets = (reader, writer)  # type: ignore[attr-defined]  # keep them open
 
 
 def _observe(signum: int) -> None:
