@@ -275,3 +275,25 @@ def test_cnf_sigint_keeps_the_checkpoint_and_resumes(tmp_path):
     again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (out / "metrics.json").exists() and not (out / "checkpoint.eqx").exists()
+
+
+def test_discover_second_sigterm_ends_at_once(tmp_path):
+    """Two SIGTERMs in a row (a scheduler that escalates): still exit 143 within seconds, no
+    process left, the lock released and no partial file."""
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    args = _sciml(
+        "discover", str(CSV), "--model", str(MODEL), "--out", str(out), "--quick",
+        "--engines", "sindy",
+    )  # fmt: skip
+    proc = _start(args, log, _env(tmp_path))
+    _wait_for(proc, lambda: (out / "run.log").exists(), 300, log)  # the flow holds the folder
+    procs = _tree(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    t = time.monotonic()
+    assert _stop(proc, timeout=30) == 143, log.read_text()[-3000:]
+    assert time.monotonic() - t < 10
+    assert not _survivors(procs)
+    assert not (out / LOCK).exists()
+    assert not (out / "discovered.json").exists()
+    assert not _partial_files(out)
