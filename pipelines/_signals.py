@@ -181,6 +181,16 @@ def _on_signal(signum: int, frame: object) -> None:
     hard_stop(_seen or signum)
 
 
+def stopping() -> None:
+    """Called when the stop is under way: from now on a signal ends the process at once (also
+    after another handler, such as Prefect's runner in `deploy --serve`, took the first one)."""
+    global _handled
+    _handled = max(_handled, 1)
+    with contextlib.suppress(ValueError):  # not the main thread
+        for signum in SIGNALS:
+            signal.signal(signum, _on_signal)
+
+
 def _deadline(signum: int) -> None:
     _say(f"still stopping {grace():g} s after {signal_name(signum)}: stopping now")
     thread = threading.Thread(target=mark_cancelled, args=(_reason(signum),), daemon=True)

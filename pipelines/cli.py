@@ -342,6 +342,7 @@ def _stopped(args: argparse.Namespace, err: BaseException | None) -> int:
     """After SIGTERM/SIGINT: flow runs Cancelled, children stopped, exit 128 + signal."""
     from pipelines import _signals
 
+    _signals.stopping()  # a further signal ends at once
     signum = err.signum if isinstance(err, _signals.Stopped) else _signals.requested()
     reason = _signals.signal_name(signum)
     print(
