@@ -96,10 +96,11 @@ PY
     .venv/bin/prefect work-pool create "$pool" --type process
 echo "gpu-worker: starting a worker on pool $pool against $PREFECT_API_URL" >&2
 
-# SIGTERM/SIGINT (SLURM, Kubernetes, systemd, `timeout`) are forwarded to the worker, which
-# cancels its flow runs; whatever of its process tree is left after SCIML_STOP_GRACE seconds
-# (default 20) is killed, so that no flow run, temporary API server or Dask worker outlives the
-# script. A second signal kills at once. Exit status 128 + the signal (143 for SIGTERM).
+# SIGTERM/SIGINT (SLURM, Kubernetes, systemd, `timeout`) are forwarded as SIGTERM to the worker
+# (which then stops polling and exits) and to its flow runs (each stops like `sciml` does: its
+# folder lock released, its checkpoint kept). Whatever of that process tree is left after
+# SCIML_STOP_GRACE seconds (default 20) is killed, so that no flow run or Dask worker outlives
+# the script. A second signal kills at once. Exit status 128 + the signal (143 for SIGTERM).
 grace="${SCIML_STOP_GRACE:-20}"
 worker=""
 descendants() { # every process below $1, depth first
@@ -121,13 +122,14 @@ stop() { # $1: signal name, $2: exit status
     # shellcheck disable=SC2064 # $2 now, $tree when it fires
     trap "echo 'gpu-worker: second signal: killing now' >&2; kill -KILL \$tree 2>/dev/null; exit $2" TERM INT
     echo "gpu-worker: $1: stopping the worker (process $worker) and its runs" >&2
-    kill -TERM "$worker" 2>/dev/null || true
+    # shellcheck disable=SC2086 # a list of process ids
+    kill -TERM $tree 2>/dev/null || true
     for _ in $(seq $((grace * 10))); do
         [ -n "$(alive $tree)" ] || break
         sleep 0.1
     done
     tree="$tree $(descendants "$worker")"
-    left="$(alive $tree)"
+    left="$(alive $tree | sort -u)"
     if [ -n "$left" ]; then
         echo "gpu-worker: still running after ${grace} s, killed:" $left >&2
         kill -KILL $left 2>/dev/null || true
@@ -137,6 +139,11 @@ stop() { # $1: signal name, $2: exit status
 }
 trap 'stop SIGTERM 143' TERM
 trap 'stop SIGINT 130' INT
-.venv/bin/prefect worker start --pool "$pool" --type process --limit "$limit" &
+# SIGINT back to its default first: a background job (and a script started in the background)
+# ignores it, and the worker sends itself SIGINT on SIGTERM to shut down
+.venv/bin/python -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execv(sys.argv[1], sys.argv[1:])' .venv/bin/prefect worker start --pool "$pool" --type process \
+    --limit "$limit" &
 worker=$!
 wait "$worker"
