@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import keyword
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import DataError
+from ._model import _NAME, RESERVED
 
 MIN_POINTS = 3
 _MAX_ABS = 1e150  # beyond this, squares overflow float64: treated as corrupt input
@@ -115,6 +117,28 @@ def from_arrays(
         _check_times(t, source, name, row_offset=0, rows=None)
         trajs.append(Trajectory(str(name), t, y))
     return TrajectorySet(tuple(states), tuple(trajs), source)
+
+
+def state_columns(
+    path: str | os.PathLike[str], *, time: str = "t", trajectory: str = "trajectory"
+) -> list[str]:
+    """The state columns of a data file read with no model: every column but time and
+    trajectory, in the file's order. Raises `DataError` naming a column that cannot be a state."""
+    path = Path(path)
+    df = _read_table(path)
+    columns = [str(c).strip() for c in df.columns]
+    if time not in columns:
+        raise DataError(f"{path}: no time column {time!r}; found {_clip_list(columns)}")
+    states = [c for c in columns if c not in (time, trajectory)]
+    if not states:
+        raise DataError(f"{path}: no state columns besides {time!r} and {trajectory!r}")
+    for c in states:
+        if not _NAME.match(c) or keyword.iskeyword(c) or c in RESERVED:
+            raise DataError(
+                f"{path}: column {_clip(c)!r} cannot name a state in equations: rename it to an "
+                "identifier that is not a function or constant name, or pass a model file"
+            )
+    return states
 
 
 def _read_table(path: Path) -> pd.DataFrame:

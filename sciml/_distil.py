@@ -30,10 +30,12 @@ from ._data import TrajectorySet
 from ._errors import NumericalError
 from ._mechanistic import simulate
 from ._model import MechanisticModel
+from ._smooth import Smoothed, smooth
 from ._solve import solve
 from ._ude import TrainedUDE
 
 _FAILED = 1e3
+DATA_SOURCE = -2  # `DenseSamples.source` of rows taken from the smoothed data (collocation)
 
 
 # -- 1. dense samples ----------------------------------------------------------------------------
@@ -47,7 +49,26 @@ class DenseSamples:
     X: np.ndarray  # (n, D) states
     residual: np.ndarray  # (n, R) network output on the residual states
     derivative: np.ndarray  # (n, D) the whole learned field
-    source: np.ndarray  # (n,) trajectory index, or -1 for the extra starts
+    source: np.ndarray  # (n,) trajectory index, -1 for the extra starts, -2 smoothed data
+
+    def subset(self, rows: np.ndarray) -> DenseSamples:
+        return dataclasses.replace(
+            self,
+            t=self.t[rows],
+            X=self.X[rows],
+            residual=self.residual[rows],
+            derivative=self.derivative[rows],
+            source=self.source[rows],
+        )
+
+    def from_ude(self) -> DenseSamples:
+        """The rows sampled along the trained UDE."""
+        return self.subset(self.source != DATA_SOURCE)
+
+    def from_data(self) -> DenseSamples:
+        """The rows from the smoothed data: spline states, and spline derivative minus the
+        mechanistic field as the residual (no network involved)."""
+        return self.subset(self.source == DATA_SOURCE)
 
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.X, columns=list(self.states))
@@ -80,12 +101,17 @@ def dense_samples(
     n_per_trajectory: int = 200,
     n_extra_starts: int = 4,
     spread: float = 0.05,
+    smoothed: Smoothed | None = None,
 ) -> DenseSamples:
     """Sample the learned field densely along trajectories of the trained UDE.
 
     Extra starts are data states perturbed by `spread` of each state's range; their trajectories
     are kept only inside the region the data cover (its bounding box, widened by 5%), since the
     network is not trusted far from the data.
+
+    With `smoothed`, the smoothed data's interior points are appended (source `DATA_SOURCE`):
+    there the residual is the spline's derivative minus the fitted mechanistic field, a target
+    that does not depend on how well the network trained.
     """
     ude = trained.ude
     allys = np.concatenate([tr.y for tr in data.trajectories])
@@ -129,14 +155,28 @@ def dense_samples(
     idx = list(ude.model.residual_index)
     residual = np.asarray(jax.vmap(ude.residual)(jnp.asarray(X)))[:, idx]
     derivative = np.asarray(jax.vmap(ude)(jnp.asarray(np.concatenate(keep_t)), jnp.asarray(X)))
+    t, source = np.concatenate(keep_t), np.concatenate(keep_s)
+    if smoothed is not None:
+        keep = smoothed.interior if smoothed.interior.sum() >= 2 else slice(None)
+        ts_, xs_, ds_ = smoothed.t[keep], smoothed.y[keep], smoothed.dydt[keep]
+        params = ude.mechanistic_params()
+        mech = np.asarray(
+            jax.vmap(lambda tt, y: ude.model.vector_field(tt, y, params))(
+                jnp.asarray(ts_), jnp.asarray(xs_)
+            )
+        )
+        t, X = np.concatenate([t, ts_]), np.concatenate([X, xs_])
+        residual = np.concatenate([residual, (ds_ - mech)[:, idx]])
+        derivative = np.concatenate([derivative, ds_])
+        source = np.concatenate([source, np.full(len(ts_), DATA_SOURCE)])
     return DenseSamples(
         states=ude.model.states,
         residual_states=ude.model.residual_states,
-        t=np.concatenate(keep_t),
+        t=t,
         X=X,
         residual=residual,
         derivative=derivative,
-        source=np.concatenate(keep_s),
+        source=source,
     )
 
 
@@ -373,21 +413,77 @@ def _polynomial_coefficients(expr: sp.Expr, symbols) -> dict[tuple[int, ...], fl
     return {m: float(c) for m, c in zip(poly.monoms(), poly.coeffs())}
 
 
-def _candidates(table: pd.DataFrame, state: str, max_complexity: int) -> list[int]:
-    """One state's candidates worth a refit: every row up to `max_complexity`, ordered by PySR's
-    selection rule first (the best of all engines on one Pareto front), then by complexity."""
-    from .symbolic import pareto_front, select_model
+def _term_forms(expr: sp.Expr) -> list[sp.Expr]:
+    """The additive terms of `expr` without their numeric coefficients (inner constants kept),
+    as `build_term_model` splits them."""
+    forms = []
+    for term in sp.Add.make_args(sp.expand(expr)):
+        if term != 0:
+            forms.append(term.as_coeff_Mul()[1])
+    return forms
 
+
+@dataclasses.dataclass(frozen=True)
+class CollocationScore:
+    """How well a candidate's terms, with coefficients refit by least squares, match the
+    smoothed data's derivative residual (no ODE solve): BIC over the interior points."""
+
+    bic: float
+    rss: float
+    k: int
+
+
+def collocation_score(
+    expr: sp.Expr, model: MechanisticModel, X: np.ndarray, target: np.ndarray
+) -> CollocationScore | None:
+    """Score one candidate formula on smoothed states `X` (n, D) against `target` (n,); None
+    when its terms cannot be evaluated there (non-finite values)."""
+    from ._expr import evaluate
+
+    values = dict(zip(model.state_symbols, [jnp.asarray(X[:, i]) for i in range(X.shape[1])]))
+    values[model.time_symbol] = jnp.zeros(len(X))
+    forms = _term_forms(expr)
+    n = len(target)
+    if forms:
+        try:
+            theta = np.stack(
+                [np.broadcast_to(np.asarray(evaluate(f, values), float), (n,)) for f in forms],
+                axis=1,
+            )
+        except (NotImplementedError, TypeError, ValueError):
+            return None
+        if not np.all(np.isfinite(theta)):
+            return None
+        coef = np.linalg.lstsq(theta, target, rcond=None)[0]
+        resid = target - theta @ coef
+    else:
+        resid = target
+    rss = float(np.sum(resid**2))
+    k = len(forms) + sum(len(f.atoms(sp.Float)) for f in forms)
+    bic = n * math.log(max(rss, 1e-300) / n) + k * math.log(n)
+    return CollocationScore(bic, rss, k)
+
+
+def _ranked_candidates(
+    table: pd.DataFrame,
+    state: str,
+    scores: dict[int, CollocationScore | None],
+    max_complexity: int,
+) -> list[int]:
+    """One state's candidates worth a refit through the ODE, best collocation BIC first; each
+    formula text once (engines often agree). Candidates that cannot be evaluated go last."""
     sub = table[(table["state"] == state) & (table["complexity"] <= max_complexity)]
     if sub.empty:  # nothing simple enough: fall back on the simplest candidates there are
         sub = table[table["state"] == state].nsmallest(3, "complexity")
-    combined = pareto_front(sub.reset_index(drop=False)).set_index("index")
-    first = [int(select_model(combined, "best"))] if len(combined) else []
-    rest = sub.sort_values(["complexity", "loss"]).index.tolist()
+
+    def key(r: int) -> tuple[float, int]:
+        score = scores.get(r)
+        return (score.bic if score is not None else math.inf, int(table.loc[r, "complexity"]))
+
     rows, seen = [], set()
-    for r in first + [int(r) for r in rest]:
+    for r in sorted((int(r) for r in sub.index), key=key):
         text = str(table.loc[r, "equation"])
-        if text not in seen:  # engines often agree: refit each formula once
+        if text not in seen:
             seen.add(text)
             rows.append(r)
     return rows
@@ -400,8 +496,10 @@ def select_and_refit(
     data: TrajectorySet,
     *,
     fit_initial_state: bool = True,
-    max_complexity: int = 25,
+    max_complexity: int = 80,
+    max_polynomial: int = 4,
     max_nonpolynomial: int = 1,
+    smoothed: Smoothed | None = None,
 ) -> Selection:
     """Choose one formula per residual state, refit every constant, prune needless terms.
 
@@ -413,23 +511,38 @@ def select_and_refit(
       each candidate is a mask over it, so all of them cost one compilation;
     - the best few non-polynomial candidates per state get a model of their own.
 
-    States are improved one at a time (coordinate-wise). Last, discovered terms are removed one
-    at a time, least significant first, while the BIC improves: a term stays only if dropping
-    it worsens the fit by more than the noise explains.
+    Before any ODE solve, every candidate is scored by collocation: its terms' coefficients
+    refit by least squares to the smoothed data's derivative residual, and the BIC of that fit
+    (`collocation_score`). Only the best `max_polynomial` polynomial and `max_nonpolynomial`
+    other candidates per state go on to refits through the ODE, best first, and a formula only
+    where it scores better than every polynomial. States are improved one at a time
+    (coordinate-wise). Last, discovered terms are removed one at a time, least significant
+    first, while the BIC improves: a term stays only if dropping it worsens the fit by more than
+    the noise explains.
     """
     states = [s for s in model.residual_states if (table["state"] == s).any()]
     symbols = model.state_symbols
     exprs = {int(r): _in_model_symbols(table.loc[r, "sympy_format"], model) for r in table.index}
     polys = {r: _polynomial_coefficients(e, symbols) for r, e in exprs.items()}
-    order = {s: _candidates(table, s, max_complexity) for s in states}
+    smoothed = smoothed if smoothed is not None else smooth(data)
+    X, dydt = smoothed.inner()
+    mech = np.asarray(
+        jax.vmap(lambda y: model.vector_field(0.0, y, jnp.asarray(mech_params, float)))(
+            jnp.asarray(X)
+        )
+    )
+    scores: dict[int, CollocationScore | None] = {}
+    for r, e in exprs.items():
+        j = model.states.index(str(table.loc[r, "state"]))
+        scores[r] = collocation_score(e, model, X, dydt[:, j] - mech[:, j])
+    order = {s: _ranked_candidates(table, s, scores, max_complexity) for s in states}
     tried: list[dict] = []
 
     # One model with every monomial any polynomial candidate uses (coefficient 1 each).
     library: dict[str, set[tuple[int, ...]]] = {s: set() for s in states}
     for s in states:
-        for r in order[s]:
-            if polys[r] is not None:
-                library[s].update(polys[r])
+        for r in [r for r in order[s] if polys[r] is not None][:max_polynomial]:
+            library[s].update(polys[r])
 
     def monomial(exps) -> sp.Expr:
         return sp.Mul(*[v**e for v, e in zip(symbols, exps)])
@@ -467,8 +580,21 @@ def select_and_refit(
             }
         )
 
-    poly_rows = {s: [r for r in order[s] if polys[r] is not None] for s in states}
-    other_rows = {s: [r for r in order[s] if polys[r] is None][:max_nonpolynomial] for s in states}
+    poly_rows = {s: [r for r in order[s] if polys[r] is not None][:max_polynomial] for s in states}
+
+    def beats_polynomials(r: int, s: str) -> bool:
+        best_poly = min(
+            (scores[p].bic for p in poly_rows[s] if scores[p] is not None), default=None
+        )
+        return best_poly is None or (scores[r] is not None and scores[r].bic < best_poly)
+
+    other_rows = {
+        s: [r for r in order[s] if polys[r] is None and beats_polynomials(r, s)][:max_nonpolynomial]
+        for s in states
+    }
+    for s in states:  # every state needs a first candidate
+        if not poly_rows[s] and not other_rows[s]:
+            other_rows[s] = [r for r in order[s] if polys[r] is None][:1]
     current = {s: (poly_rows[s] or other_rows[s])[0] for s in states}
     best: tuple[TermModel, Refitter, Refit, list[bool]] | None = None
 
@@ -509,6 +635,22 @@ def select_and_refit(
             record(choice, fit, "formula")
             if better(fit, margin=2.0):
                 best, current = (tm, fitter, fit, mask), choice
+    if best is None or not best[2].ok:
+        # Every leading candidate blows up through the ODE: fall back on the simplest formula
+        # of each state, then on the theory alone (every discovered term off), which is the
+        # mechanistic fit and integrates.
+        simplest = {
+            s: min(order[s] or [current[s]], key=lambda r: int(table.loc[r, "complexity"]))
+            for s in states
+        }
+        tm = build_term_model(model, mech_params, {k: exprs[v] for k, v in simplest.items()})
+        fitter = Refitter(tm, data, fit_initial_state=fit_initial_state)
+        for mask in ([True] * len(tm.terms), [t.origin == "theory" for t in tm.terms]):
+            fit = fitter.fit(mask)
+            record(simplest, fit, "fallback")
+            if fit.ok:
+                best, current = (tm, fitter, fit, mask), simplest
+                break
     if best is None or not best[2].ok:
         raise NumericalError("no candidate model could be refit to the data", stage="selection")
     tm, refitter, fit, mask = best

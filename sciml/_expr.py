@@ -38,7 +38,9 @@ FUNCTIONS: dict[str, tuple[Callable, int]] = {
     "max": (sp.Max, 2),
 }
 CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "E": sp.E}
-RESERVED = frozenset(FUNCTIONS) | frozenset(CONSTANTS) | {"t"}
+# Names a model cannot give to a state or parameter. Constants are not among them: a declared
+# name shadows a constant of the same name (an SEIR model's state E is not Euler's number).
+RESERVED = frozenset(FUNCTIONS) | {"t"}
 
 _BINOPS = {
     ast.Add: lambda a, b: a + b,

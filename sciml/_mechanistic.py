@@ -143,6 +143,27 @@ def fit_mechanistic(
         r = residuals(sol.value, None)
         return sol.value, 0.5 * jnp.sum(r**2), sol.result == optx.RESULTS.successful
 
+    if not len(free_idx):  # nothing to fit: the declared model from the observed first states
+        params = _full_params(model, jnp.zeros(0))
+        pred, ok = simulate(model, params, ys[:, 0, :], ts, rtol=rtol, atol=atol)
+        ok = np.asarray(ok)
+        if not ok.all():
+            raise NumericalError(
+                "the declared model cannot be integrated (diverges or hits the step limit)",
+                stage="mechanistic",
+                trajectory=data.names[int(np.argmin(ok))],
+            )
+        err = np.asarray(mask[..., None] * (pred - ys))
+        return MechanisticFit(
+            model=model,
+            params=np.asarray(params),
+            y0=np.asarray(ys[:, 0, :]),
+            cost=float(0.5 * np.sum((err / np.asarray(scale)) ** 2)),
+            rmse=np.sqrt((err**2).sum(axis=(0, 1)) / np.asarray(mask).sum()),
+            n_starts=0,
+            success=True,
+            message="no free parameters",
+        )
     z0 = transform.to_z(jnp.asarray(guesses))
     starts = [z0]
     n_starts = n_starts if len(free_idx) else 1  # nothing to perturb

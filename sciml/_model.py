@@ -135,7 +135,7 @@ def _check_name(name: Any, where: str, kind: str) -> str:
         raise ModelFileError(f"{where}: {kind} name {name!r} is not a valid identifier")
     if name in RESERVED:
         raise ModelFileError(
-            f"{where}: {kind} name {name!r} is reserved (function, constant or time `t`)"
+            f"{where}: {kind} name {name!r} is reserved (a function name, or time `t`)"
         )
     return name
 
@@ -294,3 +294,15 @@ def load_model(path: str | os.PathLike[str]) -> MechanisticModel:
     except RecursionError:
         raise ModelFileError(f"{path}: TOML nested too deeply") from None
     return model_from_dict(doc, source=str(path))
+
+
+def no_theory_model(
+    states: Sequence[str], *, time: str = "t", trajectory: str = "trajectory"
+) -> MechanisticModel:
+    """The model of "no theory at all": every equation 0, a neural residual on every state."""
+    doc: dict[str, Any] = {
+        "model": {"states": list(states), "equations": {s: "0" for s in states}},
+        "residual": {"states": list(states)},
+        "data": {"time": time, "trajectory": trajectory},
+    }
+    return model_from_dict(doc, source="<no theory>")

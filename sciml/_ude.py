@@ -30,6 +30,7 @@ from ._errors import NumericalError
 from ._io import atomic_path, write_json
 from ._mechanistic import MechanisticFit
 from ._model import MechanisticModel
+from ._smooth import Smoothed, smooth
 from ._solve import solve
 
 
@@ -92,12 +93,19 @@ class UDE(eqx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class UDEConfig:
-    """Settings of UDE training (all have defaults that work on the bundled data)."""
+    """Settings of UDE training.
+
+    Step counts are maxima: each phase (a collocation warm start, one Adam phase per window,
+    the L-BFGS polish) stops early once the loss on held-back points (every
+    `validation_every`-th sample) has not improved by `min_improvement` (relative) for
+    `patience` chunks of `chunk` steps.
+    """
 
     width: int = 32
     depth: int = 2
+    collocation_steps: int = 2000  # Adam on smoothed derivatives, no ODE solves (0: skip)
     windows: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # fraction of each trajectory's span
-    adam_steps: int = 1500  # per window
+    adam_steps: int = 1500  # per window, at most
     learning_rate: float = 3e-3
     lbfgs_steps: int = 300
     linesearch_steps: int = 10
@@ -106,7 +114,25 @@ class UDEConfig:
     rtol: float = 1e-6
     atol: float = 1e-8
     max_steps: int = 4096
-    chunk: int = 100  # optimiser steps compiled into one call
+    chunk: int = 50  # optimiser steps compiled into one call
+    patience: int = 2  # chunks without improvement before a phase stops
+    min_improvement: float = 0.02
+    validation_every: int = 6
+
+    def __post_init__(self):
+        for name in ("width", "depth", "chunk", "patience", "validation_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"UDEConfig.{name} must be at least 1")
+        for name in ("collocation_steps", "adam_steps", "lbfgs_steps", "max_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"UDEConfig.{name} must not be negative")
+        if not self.windows or any(not 0 < w <= 1 for w in self.windows):
+            raise ValueError("UDEConfig.windows must be fractions in (0, 1]")
+        for name in ("learning_rate", "rtol", "atol"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"UDEConfig.{name} must be positive")
+        if self.penalty < 0 or self.min_improvement < 0:
+            raise ValueError("UDEConfig.penalty and min_improvement must not be negative")
 
     def quick(self) -> UDEConfig:
         return dataclasses.replace(self, adam_steps=200, lbfgs_steps=100)
@@ -137,8 +163,9 @@ class TrainedUDE:
 
 
 def _derivative_scale(data: TrajectorySet) -> np.ndarray:
-    slopes = [np.diff(tr.y, axis=0) / np.diff(tr.t)[:, None] for tr in data.trajectories]
-    s = np.std(np.concatenate(slopes), axis=0)
+    """Per-state size of dy/dt, from the smoothed data (raw differences of noisy samples
+    mostly measure the noise)."""
+    s = np.std(smooth(data).dydt, axis=0)
     return np.where(s > 1e-12, s, 1.0)
 
 
@@ -215,6 +242,44 @@ def _adam_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer,
 
 
 @eqx.filter_jit
+def _validation_loss(trainable, static, ts, ys, mask, scale, *, config):
+    """The data term of the loss on the held-back points (no penalty)."""
+    loss = _make_loss(static, ts, ys, mask, scale, dataclasses.replace(config, penalty=0.0))
+    return loss(trainable)
+
+
+def _collocation_loss(static, t, x, dydt, dscale, penalty):
+    """Derivative matching: the UDE's field at smoothed states against smoothed derivatives."""
+
+    def loss(trainable):
+        ude, _ = eqx.combine(trainable, static)
+        err = (jax.vmap(ude)(t, x) - dydt) / dscale
+        out = jax.vmap(ude.network)(x) / ude.network.out_scale
+        return jnp.mean(err**2) + penalty * jnp.mean(out**2)
+
+    return loss
+
+
+@eqx.filter_jit
+def _collocation_chunk(trainable, static, opt_state, t, x, dydt, dscale, *, optimizer, config, n):
+    loss = _collocation_loss(static, t, x, dydt, dscale, config.penalty)
+
+    def step(carry, _):
+        params, state = carry
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, new_state = optimizer.update(grads, state, params)
+        new_params = eqx.apply_updates(params, updates)
+        good = jnp.isfinite(value)
+        params, state = jax.tree.map(
+            lambda a, b: jnp.where(good, a, b), (new_params, new_state), (params, state)
+        )
+        return (params, state), value
+
+    (trainable, opt_state), values = jax.lax.scan(step, (trainable, opt_state), None, length=n)
+    return trainable, opt_state, values
+
+
+@eqx.filter_jit
 def _lbfgs_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer, config, n):
     loss = _make_loss(static, ts, ys, mask, scale, config)
     value_and_grad = optax.value_and_grad_from_state(loss)
@@ -250,34 +315,89 @@ def _fingerprint(config: UDEConfig, fit: MechanisticFit, data: TrajectorySet) ->
 
 
 class _Checkpoint:
-    """`PREFIX.eqx` (arrays) + `PREFIX.json` (progress), each replaced atomically."""
+    """`PREFIX.eqx` (arrays) + `PREFIX.json` (progress, and the arrays file's hash, so that a
+    pair that does not belong together is never loaded), each replaced atomically."""
 
     def __init__(self, prefix: Path, fingerprint: str):
         self.arrays = prefix.with_suffix(".eqx")
         self.meta = prefix.with_suffix(".json")
         self.fingerprint = fingerprint
 
-    def save(self, state: _TrainState, history: dict, done: int) -> None:
+    def save(self, state: _TrainState, history: dict, done: int, early: dict) -> None:
         with atomic_path(self.arrays) as tmp:
             eqx.tree_serialise_leaves(tmp, state.leaves())
-        write_json(self.meta, {"fingerprint": self.fingerprint, "done": done, "history": history})
+        digest = hashlib.sha256(self.arrays.read_bytes()).hexdigest()
+        write_json(
+            self.meta,
+            {
+                "fingerprint": self.fingerprint,
+                "arrays_sha256": digest,
+                "done": done,
+                "history": history,
+                "early": early,
+            },
+        )
 
     def load(self, like: _TrainState):
         try:
             meta = json.loads(self.meta.read_text())
             if meta.get("fingerprint") != self.fingerprint:
                 return None  # another configuration or data: start afresh
+            if hashlib.sha256(self.arrays.read_bytes()).hexdigest() != meta.get("arrays_sha256"):
+                return None  # arrays and progress from different saves
             leaves = eqx.tree_deserialise_leaves(self.arrays, like.leaves())
-        except (OSError, ValueError, RuntimeError):
+        except (OSError, ValueError, RuntimeError, KeyError):
             return None
         history = {
             k: [math.inf if v is None else v for v in vs] for k, vs in meta["history"].items()
         }
-        return _TrainState(*leaves), history, int(meta["done"])
+        return _TrainState(*leaves), history, int(meta["done"]), dict(meta["early"])
 
     def remove(self) -> None:
         self.arrays.unlink(missing_ok=True)
         self.meta.unlink(missing_ok=True)
+
+
+def _strong(tree):
+    """The same tree without weak types (optax's initial L-BFGS state has weakly typed scalars
+    that its updates do not, which would compile the L-BFGS chunk twice)."""
+    return jax.tree.map(lambda x: jnp.array(x, dtype=x.dtype) if eqx.is_array(x) else x, tree)
+
+
+def _validation_split(mask: np.ndarray, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training mask, validation mask): every `every`-th sample of each trajectory (never the
+    first) is held back, where a trajectory has at least 2 * `every` samples."""
+    val = np.zeros_like(mask)
+    for i in range(mask.shape[0]):
+        rows = np.flatnonzero(mask[i] > 0)
+        if len(rows) >= 2 * every:
+            val[i, rows[every // 2 + 1 :: every]] = 1.0
+    return mask * (1.0 - val), val
+
+
+def _plan(config: UDEConfig) -> list[tuple[str, float, int, int]]:
+    """The schedule as a flat list of chunks (phase name, window, steps, phase index), so that a
+    checkpoint is "chunks done so far"."""
+    phases = [("collocation", 1.0, config.collocation_steps)]
+    phases += [("adam", w, config.adam_steps) for w in config.windows]
+    phases += [("lbfgs", 1.0, config.lbfgs_steps)]
+    return [
+        (name, fraction, min(config.chunk, steps - start), p)
+        for p, (name, fraction, steps) in enumerate(phases)
+        for start in range(0, steps, config.chunk)
+    ]
+
+
+def _early_stop(early: dict, phase: int, value: float, config: UDEConfig) -> None:
+    """Update the early-stopping record with a phase's latest held-back loss."""
+    if early.get("phase") != phase:
+        early.update(phase=phase, best=math.inf, bad=0)
+    if math.isfinite(value) and value < early["best"] * (1.0 - config.min_improvement):
+        early.update(best=value, bad=0)
+    else:
+        early["bad"] += 1
+    if early["bad"] >= config.patience:
+        early.setdefault("stopped", []).append(phase)
 
 
 def train_ude(
@@ -289,27 +409,49 @@ def train_ude(
     optimizer: optax.GradientTransformation | None = None,
     progress: Callable[[str, int, int, float], None] | None = None,
     checkpoint: str | Path | None = None,
+    smoothed: Smoothed | None = None,
 ) -> TrainedUDE:
     """Train a UDE on `data`, starting from the mechanistic fit `fit`.
+
+    Phases: (1) collocation — Adam on the field against smoothing-spline derivatives of the
+    data, with no ODE solve, which puts the network near the answer in seconds; (2) Adam through
+    the ODE solve on windows growing to the whole series; (3) an L-BFGS polish. Every phase
+    stops early when the held-back points stop improving (see `UDEConfig`).
 
     **Arguments:**
     - `fit`: the mechanistic stage's result (parameters and initial states).
     - `data`: the trajectories.
     - `key`: initialises the network (keyword-only).
-    - `config`: windows, steps, penalty, tolerances.
-    - `optimizer`: the first-order optimiser for the windowed stage (default Adam).
+    - `config`: phases, maximum steps, early stopping, penalty, tolerances.
+    - `optimizer`: the first-order optimiser for phases 1-2 (default Adam).
     - `progress`: called as `progress(stage, step, total, loss)` after every chunk.
     - `checkpoint`: a file path prefix; the state is saved there after every chunk, and a run
       started again with the same settings and data resumes from it, ending with the same
-      result as an uninterrupted run (the chunks are deterministic).
+      result as an uninterrupted run (the chunks and the stopping rule are deterministic).
+    - `smoothed`: the data's smoothed states and derivatives (computed when not given).
     """
     model = fit.model
     if not model.residual_states:
         raise ValueError("the model declares no [residual] states: nothing to train")
     ude = init_ude(model, fit.params, data, width=config.width, depth=config.depth, key=key)
     ts, ys, mask = (jnp.asarray(a) for a in data.padded())
+    train_mask, val_mask = (
+        jnp.asarray(m) for m in _validation_split(np.asarray(mask), config.validation_every)
+    )
+    has_val = bool(np.asarray(val_mask).sum() > 0)
     scale = jnp.asarray(data.state_scale())
     y0s = jnp.asarray(fit.y0)
+    if config.collocation_steps:
+        smoothed = smoothed if smoothed is not None else smooth(data)
+        # Start each trajectory from its smoothed first state: a mechanistic fit that misses
+        # part of the dynamics (with no theory, dy/dt = 0) can put its fitted y0 far off.
+        firsts = np.array([np.flatnonzero(smoothed.trajectory == i)[0] for i in range(len(data))])
+        y0s = jnp.asarray(smoothed.y[firsts])
+        keep = smoothed.interior if smoothed.interior.sum() >= 2 else slice(None)
+        colloc = tuple(
+            jnp.asarray(a) for a in (smoothed.t[keep], smoothed.y[keep], smoothed.dydt[keep])
+        )
+        dscale = jnp.asarray(_derivative_scale(data))
 
     def is_trainable(leaf):
         return eqx.is_inexact_array(leaf)
@@ -328,41 +470,58 @@ def train_ude(
     lbfgs = optax.lbfgs(
         linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=config.linesearch_steps)
     )
-    # The schedule as a flat list of chunks, so that a checkpoint is "chunks done so far".
-    plan = [
-        ("adam", fraction, min(config.chunk, config.adam_steps - start))
-        for fraction in config.windows
-        for start in range(0, config.adam_steps, config.chunk)
-    ] + [
-        ("lbfgs", 1.0, min(config.chunk, config.lbfgs_steps - start))
-        for start in range(0, config.lbfgs_steps, config.chunk)
-    ]
-    total = sum(n for _, _, n in plan)
-    full_loss = _make_loss(static, ts, ys, mask, scale, config)
+    plan = _plan(config)
+    total = sum(n for *_, n, _ in plan)
+    full_loss = eqx.filter_jit(_make_loss(static, ts, ys, mask, scale, config))
     state = _TrainState(
         trainable=trainable,
         adam=optimizer.init(trainable),
-        lbfgs=lbfgs.init(trainable),
+        lbfgs=_strong(lbfgs.init(trainable)),
         best=trainable,
     )
-    history: dict[str, list[float]] = {"adam": [], "lbfgs": [], "best": [math.inf]}
+    history: dict[str, list[float]] = {
+        "collocation": [],
+        "adam": [],
+        "lbfgs": [],
+        "validation": [],
+        "best": [math.inf],
+    }
+    early: dict = {"stopped": []}
     done = 0
     ckpt = _Checkpoint(Path(checkpoint), _fingerprint(config, fit, data)) if checkpoint else None
     if ckpt is not None and (restored := ckpt.load(state)) is not None:
-        state, history, done = restored
+        state, history, done, early = restored
     stopped = False
-    for k, (phase, fraction, n) in enumerate(plan):
-        if k < done or stopped:
+    for k, (phase, fraction, n, p) in enumerate(plan):
+        if k < done or stopped or p in early["stopped"]:
             continue
-        if phase == "adam":
-            ts_w, mask_w = _windowed(ts, mask, fraction)
+        ts_w, train_w, val_w = ts, train_mask, val_mask
+        if phase == "collocation":
+            trainable, opt_state, values = _collocation_chunk(
+                state.trainable,
+                static,
+                state.adam,
+                *colloc,
+                dscale,
+                optimizer=optimizer,
+                config=config,
+                n=n,
+            )
+            state = dataclasses.replace(state, trainable=trainable, adam=opt_state)
+            label = "collocation (no ODE solves)"
+        elif phase == "adam":
+            if early.get("reset_adam") is None:  # the ODE phases start with fresh moments
+                early["reset_adam"] = k
+                state = dataclasses.replace(state, adam=optimizer.init(state.trainable))
+            ts_w, in_window = _windowed(ts, mask, fraction)
+            train_w, val_w = in_window * train_mask, in_window * val_mask
             trainable, opt_state, values = _adam_chunk(
                 state.trainable,
                 static,
                 state.adam,
                 ts_w,
                 ys,
-                mask_w,
+                train_w,
                 scale,
                 optimizer=optimizer,
                 config=config,
@@ -380,7 +539,7 @@ def train_ude(
                 state.lbfgs,
                 ts,
                 ys,
-                mask,
+                train_mask,
                 scale,
                 optimizer=lbfgs,
                 config=config,
@@ -396,10 +555,20 @@ def train_ude(
             label = "L-BFGS, whole series"
         values = np.asarray(values)
         history[phase].extend(values.tolist())
+        if phase == "collocation":
+            monitor = float(values[-1])
+        elif has_val:
+            monitor = float(
+                _validation_loss(state.trainable, static, ts_w, ys, val_w, scale, config=config)
+            )
+        else:
+            monitor = float(values[-1])
+        history["validation"].append(monitor)
+        _early_stop(early, p, monitor, config)
         if ckpt is not None:
-            ckpt.save(state, history, k + 1)
+            ckpt.save(state, history, k + 1, early)
         if progress is not None:
-            progress(label, sum(m for _, _, m in plan[: k + 1]), total, float(values[-1]))
+            progress(label, sum(m for *_, m, _ in plan[: k + 1]), total, float(values[-1]))
     trainable = state.best if history["lbfgs"] else state.trainable
     ude, y0s = eqx.combine(trainable, static)
     leaves = jax.tree.leaves(eqx.filter(ude, eqx.is_inexact_array))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import sympy as sp
 
-from ._data import TrajectorySet, load_trajectories
+from ._data import TrajectorySet, load_trajectories, state_columns
 from ._distil import (
     DenseSamples,
     Selection,
@@ -34,8 +34,9 @@ from ._distil import (
 from ._errors import InputError
 from ._io import atomic_path, write_json
 from ._mechanistic import MechanisticFit, fit_mechanistic
-from ._model import MechanisticModel, load_model
+from ._model import MechanisticModel, load_model, no_theory_model
 from ._rundir import run_directory
+from ._smooth import smooth
 from ._ude import TrainedUDE, UDEConfig, train_ude
 
 log = logging.getLogger("sciml")
@@ -104,10 +105,17 @@ def versions() -> dict[str, str]:
 
 # -- stages ------------------------------------------------------------------------------------
 def load_inputs(
-    data_path: str | Path, model_path: str | Path
+    data_path: str | Path, model_path: str | Path | None
 ) -> tuple[MechanisticModel, TrajectorySet]:
-    """Stage 1: read and validate the model file and the trajectory data."""
-    model = load_model(model_path)
+    """Stage 1: read and validate the model file and the trajectory data.
+
+    Without a model file (`model_path` None) there is no theory: every column but `t` and
+    `trajectory` is a state whose whole right-hand side is learned and distilled.
+    """
+    if model_path is None:
+        model = no_theory_model(state_columns(data_path))
+    else:
+        model = load_model(model_path)
     data = load_trajectories(
         data_path, model.states, time=model.time_column, trajectory=model.trajectory_column
     )
@@ -155,29 +163,51 @@ def ude_stage(
 
 
 def dense_stage(trained: TrainedUDE, data: TrajectorySet, config: DiscoveryConfig) -> DenseSamples:
-    """Stage 4: dense states and the network's residual along the learned field."""
+    """Stage 4: dense states and the network's residual along the learned field, plus the
+    smoothed data's states and derivative residuals (the collocation view)."""
     return dense_samples(
-        trained, data, key=jax.random.key(config.seed + 2), n_extra_starts=config.n_extra_starts
+        trained,
+        data,
+        key=jax.random.key(config.seed + 2),
+        n_extra_starts=config.n_extra_starts,
+        smoothed=smooth(data),
     )
+
+
+# Engines cheap enough to run on both sample sets (the network's and the smoothed data's).
+_BOTH_SAMPLE_SETS = ("sindy",)
 
 
 def symbolic_stage(
     dense: DenseSamples, engine: str, config: DiscoveryConfig
 ) -> tuple[pd.DataFrame, str | None]:
-    """Stage 5, one engine: candidates for every residual state, or why it is unavailable."""
+    """Stage 5, one engine: candidates for every residual state, or why it is unavailable.
+
+    Every engine regresses the network's residual along the learned field; the cheap ones
+    (SINDy) also regress the smoothed data's derivative residual, so that a network that
+    trained poorly does not leave selection without good candidates. Column `samples` says
+    which ("ude" or "data"); selection refits all of them through the ODE against the data.
+    """
     from .symbolic import EngineUnavailable, make_engines
 
+    sets = [("ude", dense.from_ude())]
+    if engine in _BOTH_SAMPLE_SETS and len(dense.from_data().X) >= 2:
+        sets.append(("data", dense.from_data()))
     parts = []
-    for j, state in enumerate(dense.residual_states):
-        (eng,) = make_engines([engine], seed=config.seed)
-        try:
-            eng.fit(dense.X, dense.residual[:, j], feature_names=list(dense.states))
-        except EngineUnavailable as err:
-            return pd.DataFrame(), str(err)
-        part = eng.equations_.copy()
-        part.insert(0, "engine", engine)
-        part.insert(0, "state", state)
-        parts.append(part)
+    for samples, part_dense in sets:
+        for j, state in enumerate(part_dense.residual_states):
+            (eng,) = make_engines([engine], seed=config.seed)
+            if samples == "data" and "n_bootstrap" in eng.get_params():
+                eng.set_params(n_bootstrap=0)  # ranked and refit by selection; no bagging
+            try:
+                eng.fit(part_dense.X, part_dense.residual[:, j], feature_names=list(dense.states))
+            except EngineUnavailable as err:
+                return pd.DataFrame(), str(err)
+            part = eng.equations_.copy()
+            part.insert(0, "samples", samples)
+            part.insert(0, "engine", engine)
+            part.insert(0, "state", state)
+            parts.append(part)
     return pd.concat(parts, ignore_index=True), None
 
 
@@ -296,15 +326,16 @@ def summarise(
         for name, value in zip(tm.model.parameters, refit.params)
         if not name.startswith("c_")
     }
-    terms = []
+    terms, forms = [], []
     for term, keep in zip(tm.terms, selection.mask):
         i = tm.model.parameters.index(term.parameter)
+        # Kept as SymPy objects: text would have to be parsed back, and SymPy's parser takes
+        # state names such as S, I, E, N, O or Q for its own objects.
+        forms.append(term.expr.subs(sp.Symbol(term.parameter, real=True), 1).xreplace(inner))
         terms.append(
             {
                 "state": term.state,
-                "term": str(
-                    term.expr.subs(sp.Symbol(term.parameter, real=True), 1).xreplace(inner)
-                ),
+                "term": str(forms[-1]),
                 "coefficient": float(refit.params[i]) if keep else 0.0,
                 "stderr": float(refit.stderr[i]) if keep else None,
                 "origin": term.origin,
@@ -313,10 +344,13 @@ def summarise(
         )
     result["terms"] = terms
     for state, chosen in selection.chosen.items():
-        active = [
-            t for t in terms if t["state"] == state and t["kept"] and t["origin"] == "discovered"
-        ]
-        formula = sp.Add(*[sp.Float(t["coefficient"], 6) * sp.sympify(t["term"]) for t in active])
+        formula = sp.Add(
+            *[
+                sp.Float(t["coefficient"], 6) * form
+                for t, form in zip(terms, forms)
+                if t["state"] == state and t["kept"] and t["origin"] == "discovered"
+            ]
+        )
         result["residual"][state] = {
             **{k: v for k, v in chosen.items() if k != "row"},
             "final": str(formula),
@@ -402,7 +436,7 @@ def _attach_log(out: Path) -> logging.Handler:
 
 def run_discovery(
     data_path: str | Path,
-    model_path: str | Path,
+    model_path: str | Path | None,
     out: str | Path,
     *,
     seed: int = 0,
@@ -417,7 +451,7 @@ def run_discovery(
     with run_directory(out, clear=RESULT_FILES) as out:
         handler = _attach_log(out)
         try:
-            return _run(model, data, config, out, Path(data_path), Path(model_path), show_progress)
+            return _run(model, data, config, out, data_path, model_path, show_progress)
         finally:
             log.removeHandler(handler)
             handler.close()
@@ -428,8 +462,8 @@ def _run(
     data: TrajectorySet,
     config: DiscoveryConfig,
     out: Path,
-    data_path: Path,
-    model_path: Path,
+    data_path: str | Path,
+    model_path: str | Path | None,
     show_progress: bool,
 ) -> dict[str, Any]:
     timings: dict[str, float] = {}
@@ -446,7 +480,7 @@ def _run(
         out / "config.json",
         {
             "data": str(data_path),
-            "model_file": str(model_path),
+            "model_file": None if model_path is None else str(model_path),
             "model": model.describe(),
             "config": config.to_dict(),
             "versions": versions(),

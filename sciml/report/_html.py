@@ -120,7 +120,7 @@ def _run_section(run: Run) -> str:
         ("run folder", _e(run.path.resolve())),
         ("finished", _e(_finished(run))),
         ("data file", f"<code>{_e(c.get('data', '—'))}</code>"),
-        ("model file", f"<code>{_e(c.get('model_file', '—'))}</code>"),
+        ("model file", f"<code>{_e(c.get('model_file') or 'none (no theory)')}</code>"),
         ("seed", _fmt(cfg.get("seed"))),
         ("held out", f"{float(cfg.get('holdout', 0) or 0):.0%} of each trajectory's span"),
         ("data", _e(_data_summary(run))),

@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from .._errors import InputError
-from ._parse import CONSTANTS, FUNCTIONS
+from ._parse import FUNCTIONS
 from ._table import evaluate, feature_symbols, select_model
 
 
@@ -48,7 +48,7 @@ def validate_regression_data(
         raise InputError(f"got {len(names)} feature names for {X.shape[1]} columns of X")
     if len(set(names)) != len(names):
         raise InputError(f"feature names must be distinct: {names}")
-    reserved = set(FUNCTIONS) | set(CONSTANTS)
+    reserved = set(FUNCTIONS)  # a feature name shadows a constant of the same name
     for name in names:
         if not name.isidentifier() or keyword.iskeyword(name) or name in reserved:
             raise InputError(

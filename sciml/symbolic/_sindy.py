@@ -75,6 +75,36 @@ def threshold_sweep(
     return [(support, float(np.sqrt(ts[0] * ts[-1]))) for support, ts in found.values()]
 
 
+def forward_path(theta: np.ndarray, y: np.ndarray, max_terms: int) -> list[np.ndarray]:
+    """Supports of sizes 1..`max_terms` by greedy forward selection (each step adds the column
+    that lowers the least-squares residual most).
+
+    STLSQ's thresholding misses sparse answers when library columns are nearly collinear (a
+    conserved total, say S + E + I + R = 1, makes every monomial a combination of others); the
+    greedy path still walks through them, and selection decides among its supports.
+    """
+    scale = np.sqrt(np.mean(theta**2, axis=0))
+    usable = scale > 0
+    theta_s = np.where(usable, theta / np.where(usable, scale, 1.0), 0.0)
+    support = np.zeros(theta.shape[1], dtype=bool)
+    path = []
+    for _ in range(min(max_terms, int(usable.sum()))):
+        best, best_rss = -1, np.inf
+        for j in np.flatnonzero(usable & ~support):
+            trial = support.copy()
+            trial[j] = True
+            coef = np.linalg.lstsq(theta_s[:, trial], y, rcond=None)[0]
+            rss = float(np.sum((y - theta_s[:, trial] @ coef) ** 2))
+            if rss < best_rss:
+                best, best_rss = j, rss
+        if best < 0:
+            break
+        support = support.copy()
+        support[best] = True
+        path.append(support)
+    return path
+
+
 def bootstrap_coefficients(
     theta: np.ndarray,
     y: np.ndarray,
@@ -115,6 +145,10 @@ class SINDyEngine(SymbolicEngine):
     units. `n_bootstrap` resamples of the rows give each coefficient a standard deviation and
     each candidate an inclusion frequency (how often STLSQ picks exactly its terms).
 
+    `greedy_terms` > 0 adds the supports of a greedy forward path of up to that many terms
+    (`forward_path`), which reaches sparse answers that thresholding misses on collinear
+    libraries.
+
     Fitted attributes: `equations_` (with extra columns `terms`, `coefficients`, `coef_std`,
     `inclusion`, `threshold`), `library_terms_` (sympy terms, in column order), `coef_` and
     `coef_std_` (arrays (n_candidates, n_terms), rows matching `equations_`), `library_`.
@@ -128,9 +162,10 @@ class SINDyEngine(SymbolicEngine):
         extra_library: Any = None,
         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
         alpha: float = 1e-6,
-        n_bootstrap: int = 30,
+        n_bootstrap: int = 10,
         significant_digits: int = 4,
         random_state: int | None = 0,
+        greedy_terms: int = 6,
     ):
         self.degree = degree
         self.extra_library = extra_library
@@ -139,6 +174,7 @@ class SINDyEngine(SymbolicEngine):
         self.n_bootstrap = n_bootstrap
         self.significant_digits = significant_digits
         self.random_state = random_state
+        self.greedy_terms = greedy_terms
 
     def _make_library(self) -> Any:
         library = ps.PolynomialLibrary(degree=self.degree, include_bias=True)
@@ -160,6 +196,9 @@ class SINDyEngine(SymbolicEngine):
         symbols = feature_symbols(feature_names)
 
         sweep = threshold_sweep(theta, y, self.thresholds, self.alpha)
+        for support in forward_path(theta, y, int(self.greedy_terms)):
+            if not any(np.array_equal(support, known) for known, _ in sweep):
+                sweep.append((support, math.inf))  # not from the sweep: no inclusion frequency
         bias = [i for i, term in enumerate(terms) if term == 1]
         if bias:  # the constant model heads the front, as in PySR (see candidates_table)
             constant = np.zeros(len(terms), dtype=bool)

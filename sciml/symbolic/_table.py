@@ -44,7 +44,7 @@ def expression_complexity(expr: sp.Expr) -> int:
     `-0.9*x*y` is `Mul(-0.9, x, y)`: 4 nodes; `x/(1 + y)` is `Mul(x, Pow(Add(1, y), -1))`: 7.
     Every engine's formulas are measured by this one function so their complexities compare.
     """
-    return sum(1 for _ in sp.preorder_traversal(sp.sympify(expr)))
+    return sum(1 for _ in sp.preorder_traversal(sp.sympify(expr, strict=True)))
 
 
 def check_vocabulary(expr: sp.Expr) -> None:
@@ -287,7 +287,7 @@ def tidy_expression(
     `loss_rtol` (relative) and by more than `r2_tol` times the variance of y (an R² drop), two
     more digits are kept, and so on up to 15.
     """
-    expr = drop_negligible_terms(sp.sympify(expr), X, y, symbols, drop_tol)
+    expr = drop_negligible_terms(sp.sympify(expr, strict=True), X, y, symbols, drop_tol)
     if not expr.atoms(sp.Float):
         return expr
     reference = mse(expr, X, y, symbols)

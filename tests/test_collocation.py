@@ -1,0 +1,118 @@
+"""The data-first pieces of discovery: smoothing-spline derivatives, collocation scores,
+selection on small exact problems, no-theory models. Fast unit tests (no UDE training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import sympy as sp
+
+import sciml
+from sciml._distil import collocation_score, select_and_refit
+from sciml._model import no_theory_model
+from sciml._smooth import smooth
+from sciml.discover import load_inputs
+
+
+def logistic(t, x0=5.0, r=0.8, k=70.0):
+    return k / (1 + (k / x0 - 1) * np.exp(-r * t))
+
+
+def logistic_set(scale_y=1.0, scale_t=1.0, noise=0.0, n=120, seed=0):
+    t = np.linspace(0, 10, n)
+    y = logistic(t)
+    rng = np.random.default_rng(seed)
+    y = y * (1 + noise * rng.standard_normal(n))
+    return sciml.from_arrays(["x"], [t * scale_t], [(y * scale_y)[:, None]])
+
+
+def test_smoothed_derivative_follows_the_true_one_under_noise():
+    data = logistic_set(noise=0.03)
+    sm = smooth(data)
+    t = data.trajectories[0].t
+    r, k = 0.8, 70.0
+    true = r * logistic(t) * (1 - logistic(t) / k)
+    inner = sm.interior
+    err = np.linalg.norm(sm.dydt[inner, 0] - true[inner]) / np.linalg.norm(true[inner])
+    assert err < 0.1, err
+    # The noise it implies is the noise put in (3% of the values, in the data's units).
+    implied = sm.noise(data)[0]
+    assert 0.5 < implied / (0.03 * np.mean(np.abs(logistic(t)))) < 1.5
+
+
+def test_smoothing_is_scale_free():
+    """Rescaling time and states rescales the smoothed derivative and changes nothing else."""
+    a = smooth(logistic_set(noise=0.03))
+    b = smooth(logistic_set(scale_y=1e4, scale_t=1e-2, noise=0.03))
+    np.testing.assert_allclose(b.y, 1e4 * a.y, rtol=1e-6)
+    np.testing.assert_allclose(b.dydt, 1e4 / 1e-2 * a.dydt, rtol=1e-5, atol=1e-9)
+
+
+def test_collocation_score_prefers_the_true_terms():
+    data = logistic_set(noise=0.02)
+    sm = smooth(data)
+    X, dydt = sm.inner()
+    model = no_theory_model(["x"])
+    x = model.state_symbols[0]
+    truth = collocation_score(0.8 * x - 0.0114 * x**2, model, X, dydt[:, 0])
+    linear = collocation_score(0.5 * x, model, X, dydt[:, 0])
+    spurious = collocation_score(0.8 * x - 0.0114 * x**2 + 1e-5 * x**3 + 0.01, model, X, dydt[:, 0])
+    assert truth.bic < linear.bic
+    assert truth.bic < spurious.bic  # two needless terms cost more than they explain
+    assert truth.k == 2
+    # A formula that cannot be evaluated on the data (log of negative states) is no candidate.
+    assert collocation_score(sp.log(x - 1e6), model, X, dydt[:, 0]) is None
+
+
+def test_selection_recovers_an_exact_polynomial_from_sindy_candidates():
+    from sciml.symbolic import SINDyEngine
+
+    data = logistic_set(noise=0.0, n=60)
+    model = no_theory_model(["x"])
+    X, dydt = smooth(data).inner()
+    engine = SINDyEngine(degree=3, n_bootstrap=0).fit(X, dydt[:, 0], feature_names=["x"])
+    table = engine.equations_.copy()
+    table.insert(0, "engine", "sindy")
+    table.insert(0, "state", "x")
+    selection = select_and_refit(model, [], table, data)
+    terms = {
+        t.expr.subs(sp.Symbol(t.parameter, real=True), 1)
+        for t, keep in zip(selection.term_model.terms, selection.mask)
+        if keep
+    }
+    x = model.state_symbols[0]
+    assert terms == {x, x**2}, selection.equations()
+    coef = dict(zip(selection.term_model.model.parameters, selection.refit.params))
+    values = sorted(
+        coef[t.parameter] for t, k in zip(selection.term_model.terms, selection.mask) if k
+    )
+    np.testing.assert_allclose(values, [-0.8 / 70.0, 0.8], rtol=1e-3)
+
+
+def test_no_theory_model_has_a_residual_on_every_state(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"trajectory": [0] * 5, "t": range(5), "a": range(5), "S": range(5)}).to_csv(
+        path, index=False
+    )
+    model, data = load_inputs(path, None)
+    assert model.states == ("a", "S") and model.residual_states == ("a", "S")
+    assert [str(e) for e in model.equations] == ["0", "0"]
+    assert data.states == ("a", "S")
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"t": [0, 1], "bad name": [1, 2]}, "'bad name'"),
+        ({"t": [0, 1], "exp": [1, 2]}, "'exp'"),
+        ({"time": [0, 1], "x": [1, 2]}, "no time column 't'"),
+        ({"t": [0, 1], "trajectory": [0, 0]}, "no state columns"),
+    ],
+)
+def test_no_theory_refuses_columns_that_cannot_be_states(tmp_path, columns, message):
+    path = tmp_path / "d.csv"
+    pd.DataFrame(columns).to_csv(path, index=False)
+    with pytest.raises(sciml.DataError, match=message) as info:
+        load_inputs(path, None)
+    assert str(path) in str(info.value)
