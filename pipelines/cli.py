@@ -52,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("discover", help="fit the model, train the UDE, distil equations")
     d.add_argument("data", help="trajectory data (CSV or Parquet, long form)")
-    d.add_argument("--model", required=True, help="model file (TOML)")
+    d.add_argument(
+        "--model",
+        default=None,
+        help="model file (TOML); without one, no theory: every column but the time and "
+        "trajectory columns is a state whose whole right-hand side is discovered",
+    )
     d.add_argument("--out", required=True, help="output folder")
     _discovery_args(d)
 
@@ -130,7 +135,7 @@ def _discover_params(args: argparse.Namespace):
 
     return DiscoverParams(
         data=Path(args.data).resolve(),
-        model=Path(args.model).resolve(),
+        model=Path(args.model).resolve() if args.model else None,
         out=Path(args.out).resolve(),
         seed=args.seed,
         engines=_engines(args.engines),

@@ -78,7 +78,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         return value
 
     with run_directory(params.out, clear=RESULT_FILES) as out, _run_log(out / "run.log"):
-        inputs = tasks.ingest(str(params.data), str(params.model))
+        inputs = tasks.ingest(str(params.data), None if params.model is None else str(params.model))
         fit = timed(
             "mechanistic", in_results(tasks.mechanistic_fit, results), inputs, config, results
         )

@@ -46,7 +46,9 @@ class DiscoverParams(_Params):
     """One discovery run (`sciml discover`)."""
 
     data: Path = Field(description="trajectory data, CSV or Parquet (long form)")
-    model: Path = Field(description="model file (TOML)")
+    model: Path | None = Field(
+        None, description="model file (TOML); none: no theory, every column but t a state"
+    )
     out: Path = Field(description="output folder")
     seed: int = Field(0, ge=0)
     engines: tuple[Engine, ...] = Field(("sindy", "operon", "pysr"), min_length=1)

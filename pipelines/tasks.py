@@ -85,17 +85,18 @@ def _fresh(folder: Path) -> Path:
 
 # -- discovery stages --------------------------------------------------------------------------
 @task(name="ingest", **UNCACHED, **IO)
-def ingest(data: str, model: str) -> dict[str, Any]:
-    """Read and validate the model file and the data; their content hashes key the cache."""
+def ingest(data: str, model: str | None) -> dict[str, Any]:
+    """Read and validate the model file (None: no theory) and the data; their content hashes
+    key the cache."""
     from sciml.discover import load_inputs
 
     m, d = load_inputs(data, model)
     print(f"data {data}: {len(d)} trajectories, {d.n_points} points; states {list(m.states)}")
     return {
         "data": str(Path(data).resolve()),
-        "model": str(Path(model).resolve()),
+        "model": None if model is None else str(Path(model).resolve()),
         "data_sha256": file_digest(data),
-        "model_sha256": file_digest(model),
+        "model_sha256": "no-theory" if model is None else file_digest(model),
         "states": list(m.states),
         "residual_states": list(m.residual_states),
         "n_trajectories": len(d),

@@ -235,18 +235,22 @@ def build_term_model(
         theory_forms = {
             _monomial(t) for t in sp.Add.make_args(sp.expand(eq.xreplace(ones))) if t != 0
         }
-        total = eq.xreplace(subs)
+        parts = [eq.xreplace(subs)]
         if state in formulas:
-            formula = formulas[state].xreplace(
-                {s: table[s.name] for s in formulas[state].free_symbols}
+            parts.append(
+                formulas[state].xreplace({s: table[s.name] for s in formulas[state].free_symbols})
             )
-            total = total + formula
-        total = sp.expand(total)
+        # Terms of the same form are merged, but a form stays even where the theory's and the
+        # formula's coefficients cancel (a library term x beside the theory's -x): its
+        # coefficient then starts at 0 and the refit moves it.
+        merged: dict[sp.Expr, float] = {}
+        for part in parts:
+            for term in sp.Add.make_args(sp.expand(part)):
+                if term != 0:
+                    coeff, rest = term.as_coeff_Mul()
+                    merged[rest] = merged.get(rest, 0.0) + float(coeff)
         rhs = sp.Integer(0)
-        for k, term in enumerate(sp.Add.make_args(total)):
-            if term == 0:
-                continue
-            coeff, rest = term.as_coeff_Mul()
+        for k, (rest, coeff) in enumerate(merged.items()):
             inner = sorted(rest.atoms(sp.Float), key=str)
             for j, f in enumerate(inner):
                 name = f"k_{state}_{k}_{j}"
@@ -464,6 +468,31 @@ def collocation_score(
     return CollocationScore(bic, rss, k)
 
 
+def _front_choices(
+    table: pd.DataFrame, state: str, max_complexity: int, is_polynomial
+) -> list[int]:
+    """What the network's own candidates argue for, whatever the smoothed data say (with few or
+    noisy points the collocation scores can mislead): on one state's combined Pareto front of
+    the network's candidates, the polynomial with the highest PySR score (the steepest drop in
+    loss per unit of complexity), and PySR's "best" choice where it is a polynomial."""
+    from .symbolic import pareto_front, select_model
+
+    sub = table[(table["state"] == state) & (table["complexity"] <= max_complexity)]
+    if "samples" in sub:
+        sub = sub[sub["samples"] != "data"]
+    if sub.empty:
+        return []
+    front = pareto_front(sub.reset_index(drop=False)).set_index("index")
+    poly = [int(r) for r in front.index if is_polynomial(int(r))]
+    out = []
+    if poly:
+        out.append(max(poly, key=lambda r: float(front.loc[r, "score"])))
+    best = int(select_model(front, "best")) if len(front) else None
+    if best is not None and is_polynomial(best) and best not in out:
+        out.append(best)
+    return out
+
+
 def _ranked_candidates(
     table: pd.DataFrame,
     state: str,
@@ -538,10 +567,20 @@ def select_and_refit(
     order = {s: _ranked_candidates(table, s, scores, max_complexity) for s in states}
     tried: list[dict] = []
 
-    # One model with every monomial any polynomial candidate uses (coefficient 1 each).
+    # The polynomial candidates worth a refit: the best few by collocation, and the network's
+    # own choice on its Pareto front.
+    poly_rows = {}
+    for s in states:
+        rows = [r for r in order[s] if polys[r] is not None][:max_polynomial]
+        for r in _front_choices(table, s, max_complexity, lambda r: polys[r] is not None):
+            if r not in rows:
+                rows.append(r)
+        poly_rows[s] = rows
+
+    # One model with every monomial those candidates use (coefficient 1 each).
     library: dict[str, set[tuple[int, ...]]] = {s: set() for s in states}
     for s in states:
-        for r in [r for r in order[s] if polys[r] is not None][:max_polynomial]:
+        for r in poly_rows[s]:
             library[s].update(polys[r])
 
     def monomial(exps) -> sp.Expr:
@@ -579,8 +618,6 @@ def select_and_refit(
                 "sse": fit.sse,
             }
         )
-
-    poly_rows = {s: [r for r in order[s] if polys[r] is not None][:max_polynomial] for s in states}
 
     def beats_polynomials(r: int, s: str) -> bool:
         best_poly = min(

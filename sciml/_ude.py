@@ -392,6 +392,8 @@ def _early_stop(early: dict, phase: int, value: float, config: UDEConfig) -> Non
     """Update the early-stopping record with a phase's latest held-back loss."""
     if early.get("phase") != phase:
         early.update(phase=phase, best=math.inf, bad=0)
+    if early.get("best") is None:  # saved as null in a checkpoint (JSON has no infinity)
+        early["best"] = math.inf
     if math.isfinite(value) and value < early["best"] * (1.0 - config.min_improvement):
         early.update(best=value, bad=0)
     else:

@@ -502,6 +502,7 @@ def _run(
         else:
             trained = timed("ude", ude_stage, fit, train, config, None, out / "ude-checkpoint")
         trained.save(out)
+        write_json(out / "history.json", trained.history)
         dense = timed("dense", dense_stage, trained, train, config)
         _write_parquet(out / "dense.parquet", dense.to_frame())
         tables = []

@@ -17,6 +17,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+def pytest_configure(config):
+    """Prefect's first logging set-up (`logging.config.dictConfig`, non-incremental) closes
+    every handler installed so far; when it first happens inside a test, those include pytest's
+    log-capture handlers, and the test then fails on "I/O operation on closed file". Doing it
+    once here, before any test, leaves later set-ups incremental."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API for the whole session (starting one costs ~10 s)."""

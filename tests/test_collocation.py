@@ -116,3 +116,19 @@ def test_no_theory_refuses_columns_that_cannot_be_states(tmp_path, columns, mess
     with pytest.raises(sciml.DataError, match=message) as info:
         load_inputs(path, None)
     assert str(path) in str(info.value)
+
+
+def test_cli_without_a_model_refuses_a_column_that_cannot_be_a_state(tmp_path, capsys):
+    """`sciml discover DATA --out DIR` (no --model) means no theory; a column that cannot name
+    a state is refused before anything starts, with exit 2 and the column named."""
+    from pipelines.cli import main
+
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"t": [0.0, 1.0, 2.0], "x": [1.0, 2.0, 3.0], "sin": [0.0, 1.0, 0.0]}).to_csv(
+        path, index=False
+    )
+    code = main(["discover", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "'sin'" in err and str(path) in err
+    assert not (tmp_path / "out" / "discovered.json").exists()

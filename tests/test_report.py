@@ -207,6 +207,23 @@ def test_report_is_self_contained_and_shows_the_run(run_dir):
     assert not list(run_dir.glob(".report.html.*"))  # atomic write left no temporary file
 
 
+def test_training_curves_are_shown_when_the_run_has_them(run_dir):
+    text = render_report(run_dir).read_text()
+    assert "No UDE training history" in text
+    history = {
+        "collocation": [1.0, 0.5, 0.2],
+        "adam": [0.2, 0.1, 0.05],
+        "lbfgs": [0.05, 0.04],
+        "validation": [0.5, 0.1, 0.06],
+        "best": [None],
+    }
+    (run_dir / "history.json").write_text(json.dumps(history))
+    text = render_report(run_dir).read_text()
+    section = text[text.index('id="training"') :]
+    assert section.index("<img") < section.index("<h2", 5)  # the figure is in this section
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 1 + 2 + 2 + 1
+
+
 def test_poor_fit_and_other_problems_are_warned_about(run_dir):
     assert _titles(run_dir) == []
 

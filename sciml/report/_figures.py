@@ -123,6 +123,8 @@ def residual_figure(
     """
     dense = run.dense
     col = f"residual_{state}"
+    if dense is not None and "source" in dense:
+        dense = dense[dense["source"].to_numpy() >= -1]  # the network's samples, not the data's
     if dense is None or col not in dense or not len(dense):
         return None
     n = len(dense)
@@ -256,4 +258,42 @@ def pareto_figure(candidates: pd.DataFrame, state: str) -> Figure | None:
     ax.set_title(f"Pareto front of the residual of d{state}/dt", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    return fig
+
+
+PHASE_STYLE = {
+    "collocation": ("#2ca02c", "collocation (no ODE solves)"),
+    "adam": ("#1f77b4", "Adam through the ODE (growing windows)"),
+    "lbfgs": ("#d62728", "L-BFGS polish"),
+}
+
+
+def training_figure(history: dict | None) -> Figure | None:
+    """UDE training: the loss of every step, phase after phase (left), and the loss on the
+    held-back points after every chunk, which decides when a phase stops (right)."""
+    if not history or not any(history.get(p) for p in PHASE_STYLE):
+        return None
+    fig = Figure(figsize=(10, 3.4))
+    ax, ax_v = fig.subplots(1, 2)
+    start = 0
+    for phase, (color, label) in PHASE_STYLE.items():
+        values = np.asarray([np.nan if v is None else v for v in history.get(phase, [])], float)
+        if len(values):
+            steps = start + np.arange(len(values))
+            ax.plot(steps, np.where(values > 0, values, np.nan), color=color, lw=1, label=label)
+            start += len(values)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss (each phase stops when held-back points stop improving)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    val = np.asarray([np.nan if v is None else v for v in history.get("validation", [])], float)
+    if len(val):
+        ax_v.plot(np.arange(1, len(val) + 1), np.where(val > 0, val, np.nan), "o-", ms=3)
+        ax_v.set_yscale("log")
+    ax_v.set_xlabel("chunk")
+    ax_v.set_ylabel("held-back loss")
+    ax_v.set_title("monitored loss per chunk", fontsize=9)
+    fig.tight_layout()
     return fig

@@ -25,7 +25,7 @@ REPORT = "report.html"
 NAV = (
     '<p class="nav"><a href="#equations">Equations</a> · <a href="#fit">Data and models</a> · '
     '<a href="#residual">Residual</a> · <a href="#pareto">Candidates</a> · '
-    '<a href="#run">The run</a></p>'
+    '<a href="#training">Training</a> · <a href="#run">The run</a></p>'
 )
 INDEX = "index.html"
 
@@ -312,6 +312,18 @@ def _fit_section(run: Run) -> str:
     )
 
 
+def _training_section(run: Run) -> str:
+    fig = _figures.training_figure(run.history)
+    if fig is None:
+        return '<h2 id="training">Training</h2><p>No UDE training history in this run.</p>'
+    return (
+        '<h2 id="training">Training</h2><p>The UDE\'s loss through its phases: collocation on '
+        "smoothed derivatives, Adam through the ODE on growing windows, an L-BFGS polish. Each "
+        "phase stops once the loss on held-back points stops improving.</p>"
+        + _img(fig, "UDE training loss curves")
+    )
+
+
 def _residual_section(run: Run) -> str:
     parts = [
         '<h2 id="residual">The residual</h2><p>What the network learnt against the '
@@ -414,6 +426,7 @@ def report_html(run: Run) -> str:
         + _fit_section(run)
         + _residual_section(run)
         + _pareto_section(run)
+        + _training_section(run)
         + _run_section(run)
     )
     return _page(title, body)

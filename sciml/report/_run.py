@@ -38,6 +38,7 @@ class Run:
     dense: pd.DataFrame | None
     data: TrajectorySet | None
     notes: tuple[str, ...]  # what could not be read, said plainly
+    history: dict[str, Any] | None = None  # UDE training: loss per step and phase
 
     @property
     def states(self) -> list[str]:
@@ -165,7 +166,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
         dense = _optional_table(
             _find(path, "dense.parquet", "dense-sampling"), notes, "dense.parquet"
         )
-    partial = Run(path, discovered, config, run, candidates, predictions, dense, None, ())
+    history = None
+    if discovered.get("residual"):
+        found = _find(path, "history.json", "ude-training")
+        history = _optional_json(found, notes) if found is not None else None
+    partial = Run(path, discovered, config, run, candidates, predictions, dense, None, (), history)
     data = _load_data(config, partial.states, notes)
     if predictions is not None:
         predictions = predictions.assign(trajectory=predictions["trajectory"].astype(str))
