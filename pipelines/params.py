@@ -30,6 +30,8 @@ class UDESettings(_Params):
     learning_rate: float | None = Field(None, gt=0)
     penalty: float | None = Field(None, ge=0)
     chunk: int | None = Field(None, ge=1)
+    collocation_steps: int | None = Field(None, ge=0)
+    patience: int | None = Field(None, ge=1)
 
     @field_validator("windows")
     @classmethod

@@ -222,16 +222,16 @@ def _make_loss(static, ts, ys, mask, scale, config: UDEConfig):
     return loss
 
 
-@eqx.filter_jit
-def _adam_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer, config, n):
-    loss = _make_loss(static, ts, ys, mask, scale, config)
+def _first_order_steps(loss, trainable, opt_state, optimizer, n):
+    """`n` steps of a first-order optimiser in one `lax.scan`; a step whose loss is not finite
+    (a failed solve) leaves the parameters and the optimiser state where they were."""
 
     def step(carry, _):
         params, state = carry
         value, grads = jax.value_and_grad(loss)(params)
         updates, new_state = optimizer.update(grads, state, params)
         new_params = eqx.apply_updates(params, updates)
-        good = jnp.isfinite(value)  # a failed solve leaves the parameters where they were
+        good = jnp.isfinite(value)
         params, state = jax.tree.map(
             lambda a, b: jnp.where(good, a, b), (new_params, new_state), (params, state)
         )
@@ -239,6 +239,12 @@ def _adam_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer,
 
     (trainable, opt_state), values = jax.lax.scan(step, (trainable, opt_state), None, length=n)
     return trainable, opt_state, values
+
+
+@eqx.filter_jit
+def _adam_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer, config, n):
+    loss = _make_loss(static, ts, ys, mask, scale, config)
+    return _first_order_steps(loss, trainable, opt_state, optimizer, n)
 
 
 @eqx.filter_jit
@@ -263,20 +269,7 @@ def _collocation_loss(static, t, x, dydt, dscale, penalty):
 @eqx.filter_jit
 def _collocation_chunk(trainable, static, opt_state, t, x, dydt, dscale, *, optimizer, config, n):
     loss = _collocation_loss(static, t, x, dydt, dscale, config.penalty)
-
-    def step(carry, _):
-        params, state = carry
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, new_state = optimizer.update(grads, state, params)
-        new_params = eqx.apply_updates(params, updates)
-        good = jnp.isfinite(value)
-        params, state = jax.tree.map(
-            lambda a, b: jnp.where(good, a, b), (new_params, new_state), (params, state)
-        )
-        return (params, state), value
-
-    (trainable, opt_state), values = jax.lax.scan(step, (trainable, opt_state), None, length=n)
-    return trainable, opt_state, values
+    return _first_order_steps(loss, trainable, opt_state, optimizer, n)
 
 
 @eqx.filter_jit
