@@ -73,11 +73,15 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """`obj` as JSON text; non-finite numbers become null, NumPy values plain numbers."""
+    return json.dumps(_finite(obj), indent=indent, default=_default, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as JSON atomically; non-finite numbers become null."""
     with atomic_path(path) as tmp:
-        text = json.dumps(_finite(obj), indent=2, default=_default, allow_nan=False)
-        tmp.write_text(text + "\n")
+        tmp.write_text(json_text(obj) + "\n")
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -27,7 +27,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._data import TrajectorySet
 from ._errors import NumericalError
-from ._io import atomic_path, write_json
+from ._io import atomic_path, json_text, write_json
 from ._mechanistic import MechanisticFit
 from ._model import MechanisticModel
 from ._smooth import Smoothed, smooth
@@ -308,8 +308,10 @@ def _fingerprint(config: UDEConfig, fit: MechanisticFit, data: TrajectorySet) ->
 
 
 class _Checkpoint:
-    """`PREFIX.eqx` (arrays) + `PREFIX.json` (progress, and the arrays file's hash, so that a
-    pair that does not belong together is never loaded), each replaced atomically."""
+    """One file, `PREFIX.eqx`, replaced atomically: a JSON header (fingerprint, progress,
+    history) and the arrays, so the progress and the arrays always belong together, whenever
+    the process is killed. `PREFIX.json` repeats the header for people and tools to read; it is
+    never loaded."""
 
     def __init__(self, prefix: Path, fingerprint: str):
         self.arrays = prefix.with_suffix(".eqx")
@@ -317,29 +319,27 @@ class _Checkpoint:
         self.fingerprint = fingerprint
 
     def save(self, state: _TrainState, history: dict, done: int, early: dict) -> None:
+        import io
+
+        header = {"fingerprint": self.fingerprint, "done": done, "history": history, "early": early}
+        buf = io.BytesIO()
+        eqx.tree_serialise_leaves(buf, state.leaves())
+        text = json_text(header, indent=None).encode()
         with atomic_path(self.arrays) as tmp:
-            eqx.tree_serialise_leaves(tmp, state.leaves())
-        digest = hashlib.sha256(self.arrays.read_bytes()).hexdigest()
-        write_json(
-            self.meta,
-            {
-                "fingerprint": self.fingerprint,
-                "arrays_sha256": digest,
-                "done": done,
-                "history": history,
-                "early": early,
-            },
-        )
+            tmp.write_bytes(len(text).to_bytes(8, "little") + text + buf.getvalue())
+        write_json(self.meta, header)
 
     def load(self, like: _TrainState):
+        import io
+
         try:
-            meta = json.loads(self.meta.read_text())
+            raw = self.arrays.read_bytes()
+            size = int.from_bytes(raw[:8], "little")
+            meta = json.loads(raw[8 : 8 + size])
             if meta.get("fingerprint") != self.fingerprint:
                 return None  # another configuration or data: start afresh
-            if hashlib.sha256(self.arrays.read_bytes()).hexdigest() != meta.get("arrays_sha256"):
-                return None  # arrays and progress from different saves
-            leaves = eqx.tree_deserialise_leaves(self.arrays, like.leaves())
-        except (OSError, ValueError, RuntimeError, KeyError):
+            leaves = eqx.tree_deserialise_leaves(io.BytesIO(raw[8 + size :]), like.leaves())
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError):
             return None
         history = {
             k: [math.inf if v is None else v for v in vs] for k, vs in meta["history"].items()

@@ -32,7 +32,13 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The CLI's environment: its own Prefect home (the temporary API's SQLite file is read back
     to check the flow run's state), no server of the caller's."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PYTHONUNBUFFERED="1",
+        # `make test` sets WARNING; the UDE's progress lines (read back below) are INFO.
+        PREFECT_LOGGING_LEVEL="INFO",
+        **extra,
+    )
     return env
 
 
