@@ -47,16 +47,8 @@ loopback() {
     esac
 }
 
-# A secret file must be the invoking user's, readable and writable by that user only.
-check_private() {
-    local mode owner
-    mode="$(stat -c %a "$1")" owner="$(stat -c %u "$1")"
-    [ "$owner" = "$(id -u)" ] || die "$1 belongs to uid $owner, not to you (uid $(id -u))"
-    case "$mode" in
-    600 | 400) ;;
-    *) die "$1 is mode $mode: it holds a secret and must be readable by its owner only (chmod 600 $1)" ;;
-    esac
-}
+# check_private FILE: the invoking user's, readable and writable by that user only.
+. "$here/scripts/secret-file.sh"
 
 # --- authentication (before anything starts) ---------------------------------------------------
 if [ -n "${PREFECT_SERVER_API_AUTH_STRING+set}" ] && [ -z "$PREFECT_SERVER_API_AUTH_STRING" ]; then
