@@ -300,14 +300,10 @@ def _reap(pid: int) -> bool:
 
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a zombie that is our child is reaped here)."""
-    if _reap(pid):
+    from sciml._rundir import pid_alive
+
+    if _reap(pid) or not pid_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     try:
         with open(f"/proc/{pid}/stat") as f:
             zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"

@@ -18,7 +18,8 @@ TEMPORARY = ".*.tmp"  # `sciml._io.atomic_path`'s temporary files
 _held: set[Path] = set()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -53,7 +54,7 @@ def run_directory(path: str | os.PathLike[str], *, clear: tuple[str, ...] = ()) 
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and _alive(pid):
+            if pid and pid_alive(pid):
                 raise OutputDirError(
                     f"{path}: another run (process {pid}) is writing into this folder"
                 ) from None

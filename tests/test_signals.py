@@ -164,17 +164,20 @@ def test_sigint_exits_130(tmp_path):
     _check_clean(out, procs)
 
 
-def test_second_signal_ends_at_once(tmp_path):
-    """The first SIGTERM is swallowed (a main thread that does not stop); the second one kills
-    the children, drops the lock and the temporary file, and exits 143."""
-    body = """
+# A main thread that swallows every exception, the stop included: it never stops by itself.
+SWALLOWS_SIGNALS = textwrap.dedent("""
     for _ in range(600):
         try:
             time.sleep(0.5)
         except BaseException:
             pass
-    """
-    proc, out, log = _script(tmp_path, textwrap.dedent(body))
+""")
+
+
+def test_second_signal_ends_at_once(tmp_path):
+    """The first SIGTERM is swallowed (a main thread that does not stop); the second one kills
+    the children, drops the lock and the temporary file, and exits 143."""
+    proc, out, log = _script(tmp_path, SWALLOWS_SIGNALS)
     procs = _tree(proc.pid)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
@@ -187,14 +190,7 @@ def test_second_signal_ends_at_once(tmp_path):
 
 
 def test_a_stop_that_hangs_ends_after_the_grace_period(tmp_path):
-    body = """
-    for _ in range(600):
-        try:
-            time.sleep(0.5)
-        except BaseException:
-            pass
-    """
-    proc, out, log = _script(tmp_path, textwrap.dedent(body), SCIML_STOP_GRACE="1")
+    proc, out, log = _script(tmp_path, SWALLOWS_SIGNALS, SCIML_STOP_GRACE="1")
     procs = _tree(proc.pid)
     t = time.monotonic()
     assert _stop(proc, timeout=30) == 143
