@@ -692,6 +692,31 @@ def select_and_refit(
         raise NumericalError("no candidate model could be refit to the data", stage="selection")
     tm, refitter, fit, mask = best
 
+    fit, mask, pruned = prune_terms(tm, refitter, fit, mask)
+    chosen = {
+        s: {
+            "engine": str(table.loc[r, "engine"]),
+            "equation": str(table.loc[r, "equation"]),
+            "complexity": int(table.loc[r, "complexity"]),
+            "loss": float(table.loc[r, "loss"]),
+            "row": int(r),
+        }
+        for s, r in current.items()
+    }
+    return Selection(tm, fit, tuple(mask), chosen, pruned, tried)
+
+
+def prune_terms(
+    tm: TermModel,
+    refitter: Refitter,
+    fit: Refit,
+    mask: Sequence[bool],
+    *,
+    forced: frozenset[int] = frozenset(),
+) -> tuple[Refit, list[bool], list[dict]]:
+    """Remove discovered terms one at a time, least significant first, while the BIC improves;
+    terms whose index is in `forced` (a reviewer's choice) are never removed."""
+    mask = list(mask)
     pruned: list[dict] = []
     rejected: set[int] = set()
     while True:
@@ -699,7 +724,7 @@ def select_and_refit(
         options = [
             (abs(fit.params[j]) / max(fit.stderr[j], 1e-300), i)
             for i, term in enumerate(tm.terms)
-            if mask[i] and term.origin == "discovered" and i not in rejected
+            if mask[i] and term.origin == "discovered" and i not in rejected | forced
             for j in [tm.model.parameters.index(term.parameter)]
         ]
         if not options:
@@ -724,17 +749,7 @@ def select_and_refit(
         mask[i] = False
         fit = f
         rejected.clear()  # significances change once a term is gone
-    chosen = {
-        s: {
-            "engine": str(table.loc[r, "engine"]),
-            "equation": str(table.loc[r, "equation"]),
-            "complexity": int(table.loc[r, "complexity"]),
-            "loss": float(table.loc[r, "loss"]),
-            "row": int(r),
-        }
-        for s, r in current.items()
-    }
-    return Selection(tm, fit, tuple(mask), chosen, pruned, tried)
+    return fit, mask, pruned
 
 
 def _exps(term: Term, symbols) -> tuple[int, ...] | None:
