@@ -79,6 +79,16 @@ class DiscoveryConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> DiscoveryConfig:
+        """The config that `to_dict` wrote (as in a run's `config.json`)."""
+
+        def tuples(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        fields = tuples({k: v for k, v in config.items() if k != "ude"})
+        return cls(**fields, ude=UDEConfig(**tuples(config.get("ude") or {})))
+
     def digest(self) -> str:
         """A short hash of the settings (for cache keys)."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=str)
@@ -257,7 +267,6 @@ def evaluation_stage(
 
     Returns the metrics and the dense predictions of every model (for the report).
     """
-    ts, ys, mask = train.padded()
     models: dict[str, tuple[Any, np.ndarray]] = {
         "mechanistic": (model_field(model, fit.params), fit.y0)
     }
@@ -265,16 +274,28 @@ def evaluation_stage(
         models["ude"] = (trained.ude, trained.y0)
     if selection is not None:
         models["final"] = (model_field(selection.final_model(), []), selection.refit.y0)
+    return evaluate_fields(models, model.states, train, test, config)
+
+
+def evaluate_fields(
+    models: dict[str, tuple[Any, np.ndarray]],
+    states: Sequence[str],
+    train: TrajectorySet,
+    test: TrajectorySet | None,
+    config: DiscoveryConfig,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """`evaluation_stage` for any named vector fields (name -> (field, initial states))."""
+    ts, ys, mask = train.padded()
     grid = _horizon(train, test, config.extrapolate)
     data_max = np.max(np.abs(np.concatenate([tr.y for tr in train.trajectories])), axis=0)
     metrics: dict[str, Any] = {"extrapolation_bounded": {}}
     dense: dict[str, np.ndarray] = {}
     for name, (field, y0s) in models.items():
         pred, _ = simulate_field(field, y0s, ts)
-        metrics[f"{name}_rmse"] = dict(zip(model.states, rmse(pred, ys, mask).tolist()))
+        metrics[f"{name}_rmse"] = dict(zip(states, rmse(pred, ys, mask).tolist()))
         if test is not None:
             err = _holdout_rmse(field, y0s, train, test)
-            metrics[f"{name}_rmse_holdout"] = dict(zip(model.states, err.tolist()))
+            metrics[f"{name}_rmse_holdout"] = dict(zip(states, err.tolist()))
         dense[name], ok = simulate_field(field, y0s, grid)
         bounded = bool(np.all(ok)) and bool(np.all(np.abs(dense[name]) <= 10 * data_max))
         metrics["extrapolation_bounded"][name] = bounded
@@ -283,11 +304,11 @@ def evaluation_stage(
         rel = np.linalg.norm(diff, axis=(0, 1)) / np.maximum(
             np.linalg.norm(dense["ude"], axis=(0, 1)), 1e-12
         )
-        metrics["final_vs_ude_extrapolation"] = dict(zip(model.states, rel.tolist()))
+        metrics["final_vs_ude_extrapolation"] = dict(zip(states, rel.tolist()))
     frames = []
     for name, pred in dense.items():
         for i, traj in enumerate(train.names):
-            frame = pd.DataFrame(pred[i], columns=list(model.states))
+            frame = pd.DataFrame(pred[i], columns=list(states))
             frame.insert(0, "t", grid[i])
             frame.insert(0, "trajectory", traj)
             frame.insert(0, "model", name)
