@@ -413,6 +413,97 @@ def _pareto_section(run: Run) -> str:
     return "".join(parts)
 
 
+def _review_status(d: dict) -> str:
+    """`not reviewed`, `awaiting review` or `reviewed (revision N by WHO)`."""
+    review = d.get("review") or {}
+    status = str(review.get("status") or "not reviewed")
+    history = review.get("history") or []
+    if status == "reviewed" and history:
+        return f"reviewed (revision {review.get('revision')} by {history[-1].get('reviewer')})"
+    return status
+
+
+def _review_entry(entry: dict) -> str:
+    before, after = entry.get("fit_before") or {}, entry.get("fit_after") or {}
+    decided = [(t, "rejected") for t in entry.get("rejected") or []]
+    decided += [(t, "kept (never pruned)") for t in entry.get("kept") or []]
+    decided += [(t, "added") for t in entry.get("added") or []]
+    decided += [
+        (f"{p.get('state')}:{p.get('term')}", "pruned by the refit")
+        for p in entry.get("pruned") or []
+    ]
+    rows = [(f"<code>{_e(t)}</code>", _e(what)) for t, what in decided]
+    worse = entry.get("worse") or {}
+    fit_rows = []
+    for s in before.get("rmse") or after.get("rmse") or {}:
+        b, a = (before.get("rmse") or {}).get(s), (after.get("rmse") or {}).get(s)
+        change = f"×{a / b:.2f}" if isinstance(a, float | int) and b else "—"
+        if s in worse:
+            change = f'<span class="bad">{change} worse</span>'
+        fit_rows.append(
+            (
+                f"RMSE {_e(s)}",
+                _fmt(b),
+                _fmt(a),
+                change,
+            )
+        )
+    fit_rows.append(("BIC of the refit", _fmt(before.get("bic")), _fmt(after.get("bic")), ""))
+    eq_rows = [
+        (
+            _e(s),
+            f"<code>{_e(eq)}</code>",
+            f"<code>{_e((after.get('equations') or {}).get(s))}</code>",
+        )
+        for s, eq in (before.get("equations") or {}).items()
+    ]
+    verdict = (
+        '<p class="bad">The fit is worse after this decision: '
+        + _e(", ".join(f"{s} ×{v:.2g}" for s, v in worse.items()))
+        + " (final RMSE after / before).</p>"
+        if worse
+        else "<p>The fit is not worse after this decision.</p>"
+    )
+    note = f"<p>Note: {_e(entry.get('note'))}</p>" if entry.get("note") else ""
+    return (
+        f"<h3>Revision {_e(entry.get('revision'))} (from revision {_e(entry.get('based_on'))})"
+        f": decided by {_e(entry.get('reviewer'))}, {_e(entry.get('at'))}"
+        f" (via {_e(entry.get('via'))})</h3>"
+        + note
+        + (_table(["term", "decision"], rows) if rows else "<p>Every term accepted.</p>")
+        + verdict
+        + _table(["", "before", "after", "change"], fit_rows, num=[1, 2])
+        + _table(["state", "before", "after"], eq_rows)
+    )
+
+
+def _review_section(run: Run) -> str:
+    review = run.discovered.get("review")
+    if not review:
+        return ""
+    history = review.get("history") or []
+    status = _review_status(run.discovered)
+    waiting = ""
+    if review.get("status") == "awaiting review":
+        waiting = (
+            f"<p>Awaiting a reviewer's decision since {_e(review.get('requested_at'))}"
+            f"{': ' + _e(review.get('message')) if review.get('message') else ''}. Decide in the "
+            "Prefect UI, or with <code>sciml review DIR --reject state:term --keep state:term "
+            "--add state:term</code>.</p>"
+        )
+    return (
+        f'<h2 id="review">Review: {_e(status)}</h2>'
+        + waiting
+        + (
+            "<p>The reviewer's decisions, latest first: the run's selection refit under them "
+            "(no UDE retraining). Every revision is kept in <code>revisions/N/</code>.</p>"
+            if history
+            else ""
+        )
+        + "".join(_review_entry(e) for e in reversed(history))
+    )
+
+
 # -- public -------------------------------------------------------------------------------------
 def report_html(run: Run) -> str:
     """The report of `run` as one self-contained HTML page."""
@@ -421,6 +512,7 @@ def report_html(run: Run) -> str:
     body = (
         f'<h1>{_e(title)}</h1><p class="sub">{_e(data)} · finished {_e(_finished(run))}</p>'
         + _findings_box(findings(run))
+        + _review_section(run)
         + NAV
         + _equations_section(run)
         + _fit_section(run)
@@ -463,7 +555,7 @@ def _index_row(path: Path, index_dir: Path, states: list[str]) -> tuple[list[str
         ):
             write_text(report, report_html(run))
     except (InputError, OSError, ValueError, KeyError) as err:
-        return [f"{_e(path.name)}", "—", "—", "—", f'<span class="bad">{_e(err)}</span>'], []
+        return [f"{_e(path.name)}", "—", "—", "—", f'<span class="bad">{_e(err)}</span>', "—"], []
     items = findings(run)
     warned = [f.title for f in items if f.level == "warning"]
     title = _e("; ".join(warned))
@@ -473,6 +565,7 @@ def _index_row(path: Path, index_dir: Path, states: list[str]) -> tuple[list[str
         _e(Path(str(run.config.get("data", "—"))).name),
         _fmt((run.config.get("config") or {}).get("seed")),
         f'<span class="bad" title="{title}">{len(warned)}</span>' if warned else "0",
+        _e(_review_status(run.discovered)),
     ]
     eqs = run.discovered.get("equations") or {}
     rmse = (run.discovered.get("metrics") or {}).get("final_rmse") or {}
@@ -500,8 +593,9 @@ def render_index(runs_dir: str | os.PathLike[str]) -> Path:
         except (OSError, ValueError):
             continue
     rows = [_index_row(p, root, states)[0] for p in runs]
-    rows = [r + ["—"] * (5 + len(states) - len(r)) for r in rows]
-    header = ["run", "finished", "data", "seed", "warnings"] + [f"d{_e(s)}/dt" for s in states]
+    rows = [r + ["—"] * (6 + len(states) - len(r)) for r in rows]
+    header = ["run", "finished", "data", "seed", "warnings", "review"]
+    header += [f"d{_e(s)}/dt" for s in states]
     body = (
         f"<h1>Discovery runs in {_e(root.resolve().name)}</h1>"
         f'<p class="sub">{len(runs)} run(s), oldest first</p>'

@@ -184,4 +184,36 @@ def findings(run: Run) -> list[Finding]:
     if not d.get("residual"):
         out.append(Finding("note", "No residual", "a plain mechanistic fit: nothing discovered"))
     out += [Finding("note", "Incomplete run folder", note) for note in run.notes]
+    out += _review_findings(d)
     return sorted(out, key=lambda f: f.level != "warning")
+
+
+def _review_findings(d: dict) -> list[Finding]:
+    """The latest review's effect on the fit, and a review still awaited."""
+    review = d.get("review") or {}
+    if review.get("status") == "awaiting review":
+        return [Finding("note", "Awaiting review", "no reviewer has decided on this run yet")]
+    history = review.get("history") or []
+    if not history:
+        return []
+    last = history[-1]
+    decided = ", ".join(
+        f"{what} {t}"
+        for what, key in (("rejected", "rejected"), ("kept", "kept"), ("added", "added"))
+        for t in last.get(key) or []
+    )
+    before = (last.get("fit_before") or {}).get("rmse") or {}
+    after = (last.get("fit_after") or {}).get("rmse") or {}
+    out = []
+    for state, ratio in (last.get("worse") or {}).items():
+        b, a = _num(before.get(state)), _num(after.get(state))
+        rmse = f"final RMSE {b:.3g} → {a:.3g} (×{ratio:.3g})" if a and b else "no fit after"
+        out.append(
+            Finding(
+                "warning",
+                f"The review worsened the fit of {state}",
+                f"revision {last.get('revision')} by {last.get('reviewer')}"
+                f" ({decided or 'every term accepted'}): {rmse}",
+            )
+        )
+    return out
