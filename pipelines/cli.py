@@ -60,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--out", required=True, help="output folder")
     _discovery_args(d)
+    d.add_argument(
+        "--review",
+        action="store_true",
+        help="after selection, pause for a reviewer's decision in the Prefect UI, then refit",
+    )
+    d.add_argument(
+        "--review-timeout",
+        type=int,
+        default=3600,
+        help="seconds to wait for the decision (then the run ends 'awaiting review')",
+    )
 
     a = sub.add_parser(
         "pipeline", help="the parent flow: discovery, and optionally the CNF and classifier"
@@ -92,6 +103,29 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="(re)render the review report of a run")
     r.add_argument("dir", help="a run folder, or with --index a folder of runs")
     r.add_argument("--index", action="store_true", help="write an index over a folder of runs")
+
+    v = sub.add_parser(
+        "review",
+        help="a reviewer's decision on a finished run: refit its selection (no retraining) into "
+        "the run's next revision",
+    )
+    v.add_argument("dir", help="a finished discovery run's folder")
+    v.add_argument(
+        "--reject", action="append", default=[], metavar="STATE:TERM", help="remove this term"
+    )
+    v.add_argument(
+        "--keep", action="append", default=[], metavar="STATE:TERM", help="never prune this term"
+    )
+    v.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="STATE:TERM",
+        help="try this term from the candidates' table (pruned if the data do not support it)",
+    )
+    v.add_argument("--accept", action="store_true", help="accept the model as it is")
+    v.add_argument("--reviewer", default=None, help="who decides (default: the user name)")
+    v.add_argument("--note", default="", help="why")
 
     s = sub.add_parser("sweep", help="discovery over many data files/models/seeds on Dask")
     s.add_argument("data", nargs="+", help="trajectory data files")
@@ -142,6 +176,8 @@ def _discover_params(args: argparse.Namespace):
         quick=args.quick,
         holdout=args.holdout,
         results=Path(args.results).resolve() if args.results else None,
+        review=getattr(args, "review", False),
+        review_timeout=getattr(args, "review_timeout", 3600),
     )
 
 
@@ -168,6 +204,9 @@ def _run(args: argparse.Namespace) -> None:
 
         path = render_index(args.dir) if args.index else render_report(args.dir)
         print(f"report: {path}")
+        return
+    if args.command == "review":
+        _review(args)
         return
     if args.command == "discover":
         params = _discover_params(args)
@@ -272,6 +311,46 @@ def _run(args: argparse.Namespace) -> None:
             pool=None if args.serve else args.pool,
             gpu=args.gpu,
         )
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def _review(args: argparse.Namespace) -> None:
+    """`sciml review DIR`: without a decision, the terms to decide on; with one, the refit."""
+    from sciml._review import Decision, review_choices, review_run
+
+    decision = Decision(
+        reject=tuple(args.reject),
+        keep=tuple(args.keep),
+        add=tuple(args.add),
+        reviewer=args.reviewer or _user(),
+        note=args.note,
+        via="cli",
+    )
+    if not (args.accept or decision.reject or decision.keep or decision.add):
+        choices = review_choices(args.dir)
+        print(f"{args.dir}: {choices['status']} (revision {choices['revision']})")
+        print("terms:  " + "  ".join(t["spec"] for t in choices["terms"]))
+        print("addable: " + ("  ".join(choices["addable"]) or "none"))
+        print("decide with --reject/--keep/--add STATE:TERM (repeatable), or --accept")
+        return
+    result = review_run(args.dir, decision)
+    entry = result["review"]["history"][-1]
+    print(f"revision {entry['revision']} (from {entry['based_on']}) by {entry['reviewer']}")
+    for state, rhs in result["equations"].items():
+        print(f"  d{state}/dt = {rhs}")
+    before, after = entry["fit_before"]["rmse"] or {}, entry["fit_after"]["rmse"] or {}
+    for state in after:
+        worse = " WORSE" if state in entry["worse"] else ""
+        print(f"  final RMSE {state}: {before.get(state)} -> {after[state]}{worse}")
+    print(f"report: {Path(args.dir) / 'report.html'}")
 
 
 def _bad_input(message: str) -> Exception:

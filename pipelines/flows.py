@@ -20,7 +20,15 @@ from prefect import flow
 
 from . import tasks
 from ._signals import note_flow_run
-from .params import ClassifyParams, CNFParams, DiscoverParams, PipelineParams, SweepParams
+from .params import (
+    ClassifyParams,
+    CNFParams,
+    DiscoverParams,
+    PipelineParams,
+    ReviewParams,
+    SweepParams,
+)
+from .review import await_review, final_state, review_refit
 from .tasks import in_results
 
 FLOW_OPTIONS = {"log_prints": True, "result_serializer": "json"}
@@ -103,15 +111,46 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         discovered = tasks.write_results(selected, str(out))
         report = tasks.report(str(out))
         tasks.publish_artifacts(str(out), report)
+    reviewed: dict[str, Any] | None = None
+    if params.review:  # the folder's lock is released while a person decides
+        reviewed = await_review(str(out), params.review_timeout)
+        if reviewed.get("revision"):
+            tasks.publish_artifacts(str(out), report)
     result = json.loads(Path(discovered).read_text())
-    return {
+    value = {
         "out": str(out),
         "discovered": discovered,
         "report": report,
         "equations": result["equations"],
         "parameters": result["parameters"],
         "timings": timings,
+        "review": reviewed,
     }
+    return value if reviewed is None else final_state(reviewed, value)
+
+
+@flow(name="review", **FLOW_OPTIONS)
+def review(params: ReviewParams) -> dict[str, Any]:
+    """A reviewer's decision on a finished discovery run: refit its selection under it (no
+    UDE retraining) into the run's next revision. Without a decision in `params`, the flow run
+    pauses for one in the Prefect UI (a run that ended "awaiting review" is resumed so)."""
+    note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
+    out = str(params.out.resolve())
+    if params.reject or params.keep or params.add:
+        decision = {
+            "reject": params.reject,
+            "keep": params.keep,
+            "add": params.add,
+            "reviewer": params.reviewer or "unknown (Prefect)",
+            "note": params.note,
+            "via": "prefect",
+        }
+        summary = review_refit(out, decision)
+    else:
+        summary = await_review(out, params.timeout)
+    if summary.get("revision"):
+        tasks.publish_artifacts(out, str(Path(out) / "report.html"))
+    return final_state(summary, {"out": out, **summary})
 
 
 @flow(name="cnf", **FLOW_OPTIONS)
@@ -193,4 +232,10 @@ def sweep(params: SweepParams) -> list[dict[str, Any]]:
     return _sweep_runs.with_options(task_runner=runner)(params)
 
 
-FLOWS = {"discover": discover, "cnf": cnf, "classify": classify, "sweep": sweep}
+FLOWS = {
+    "discover": discover,
+    "review": review,
+    "cnf": cnf,
+    "classify": classify,
+    "sweep": sweep,
+}

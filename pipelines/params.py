@@ -62,6 +62,12 @@ class DiscoverParams(_Params):
         description="folder of cached task results (default: OUT/results); share it between "
         "runs to reuse their trained UDEs",
     )
+    review: bool = Field(
+        False, description="after selection, pause for a reviewer's decision, then refit"
+    )
+    review_timeout: int = Field(
+        3600, ge=1, le=30 * 86400, description="seconds to wait for the reviewer's decision"
+    )
 
     @field_validator("engines")
     @classmethod
@@ -71,6 +77,21 @@ class DiscoverParams(_Params):
     @property
     def results_dir(self) -> Path:
         return self.results if self.results is not None else self.out / "results"
+
+
+class ReviewParams(_Params):
+    """A reviewer's decision on a finished discovery run (`review` flow): terms as state:term.
+
+    With no decision given the flow pauses for one in the Prefect UI (up to `timeout` seconds).
+    """
+
+    out: Path = Field(description="the finished run's folder")
+    reject: tuple[str, ...] = Field((), description="terms to remove, state:term")
+    keep: tuple[str, ...] = Field((), description="terms never to prune, state:term")
+    add: tuple[str, ...] = Field((), description="candidate terms to try, state:term")
+    reviewer: str = Field("", max_length=200)
+    note: str = Field("", max_length=2000)
+    timeout: int = Field(3600, ge=1, le=30 * 86400, description="seconds to wait for a decision")
 
 
 class CNFParams(_Params):
