@@ -1,10 +1,13 @@
 """Stage 2: fit the declared mechanistic model to the data by least squares through the ODE solve.
 
-Positive and negative parameters are fitted in log space (sign kept), so guesses that are off by
-a factor of several still lead to the optimum; the solver is Levenberg–Marquardt (optimistix)
-with forward-mode sensitivities through diffrax, started from the guesses and from several
-perturbations of them (multi-start); the best start wins. Initial states may be fitted too,
-since the first measurement is as noisy as the others.
+Parameters are fitted through a transform (`ParameterTransform`): log-like far from zero, so
+guesses off by 100x are a few units away, linear through zero, so a guess of the wrong sign or
+zero is no trap, and within declared bounds (`{ value, min, max }`) by construction. The solver
+is Levenberg–Marquardt (optimistix) with forward-mode sensitivities through diffrax, started
+from a fit to the data's smoothed derivatives (no ODE solve), the guesses, the guesses with
+their signs flipped and perturbations of them; the best start whose model can be integrated
+wins. A model that blows up with every start is steered by fitting growing windows of the data.
+Initial states may be fitted too, since the first measurement is as noisy as the others.
 """
 
 from __future__ import annotations
@@ -28,23 +31,77 @@ from ._solve import solve
 _FAILED = 1e3  # residual given to points an ODE solve did not reach
 
 
+_FREE, _LOWER, _UPPER, _BOX = 0, 1, 2, 3
+
+
 @dataclasses.dataclass(frozen=True)
 class ParameterTransform:
-    """Maps unconstrained `z` to parameters: `sign * exp(z)` where the guess is non-zero."""
+    """Maps unconstrained `z` to parameters, one map per parameter:
 
-    log: np.ndarray  # (P_free,) bool
-    sign: np.ndarray  # (P_free,)
+    - no bounds: `p = s * sinh(z)`, `s` the guess's magnitude (1 for a zero guess): like a
+      log scale far from zero (a guess off by 100x is a few units of `z` away), linear through
+      zero, so the fit can change a parameter's sign when the guess has the wrong one;
+    - `min` only: `p = min + s * exp(z)` (`min = 0`: a positive parameter); `max` only:
+      `p = max - s * exp(z)`;
+    - both: `p = min + (max - min) * sigmoid(z)`.
+
+    Every `z` gives a parameter within its bounds, so the least-squares solver needs none.
+    """
+
+    kind: np.ndarray  # (P_free,) int: _FREE, _LOWER, _UPPER, _BOX
+    scale: np.ndarray  # (P_free,)
+    lower: np.ndarray  # (P_free,)
+    upper: np.ndarray  # (P_free,)
 
     @classmethod
-    def from_guesses(cls, guesses: np.ndarray) -> ParameterTransform:
-        guesses = np.asarray(guesses, dtype=float)
-        return cls(log=guesses != 0.0, sign=np.where(guesses < 0, -1.0, 1.0))
+    def make(cls, guesses, lower=None, upper=None) -> ParameterTransform:
+        g = np.asarray(guesses, dtype=float)
+        lo = np.full_like(g, -np.inf) if lower is None else np.asarray(lower, dtype=float)
+        hi = np.full_like(g, np.inf) if upper is None else np.asarray(upper, dtype=float)
+        has_lo, has_hi = np.isfinite(lo), np.isfinite(hi)
+        kind = np.where(has_lo, np.where(has_hi, _BOX, _LOWER), np.where(has_hi, _UPPER, _FREE))
+        gap = np.where(has_lo, g - np.where(has_lo, lo, 0.0), np.where(has_hi, hi - g, g))
+        fallback = np.where(np.abs(g) > 0, np.abs(g), 1.0)
+        scale = np.where(np.abs(gap) > 0, np.abs(gap), fallback)
+        return cls(kind=kind, scale=scale, lower=lo, upper=hi)
+
+    @classmethod
+    def for_model(cls, model: MechanisticModel) -> ParameterTransform:
+        idx = np.asarray(model.free_index, dtype=int)
+        bounds = np.asarray(model.parameter_bounds, dtype=float).reshape(-1, 2)[idx]
+        return cls.make(np.asarray(model.guesses, dtype=float)[idx], bounds[:, 0], bounds[:, 1])
+
+    def _finite_bounds(self):
+        lo = np.where(np.isfinite(self.lower), self.lower, 0.0)
+        hi = np.where(np.isfinite(self.upper), self.upper, 1.0)
+        return lo, hi
 
     def to_z(self, p):
-        return jnp.where(self.log, jnp.log(jnp.abs(jnp.where(self.log, p, 1.0))), p)
+        """The `z` of parameters `p` (a parameter on a bound is moved just inside it)."""
+        lo, hi = self._finite_bounds()
+        p = jnp.asarray(p, dtype=jnp.float64)
+        width = hi - lo
+        frac = jnp.clip((p - lo) / width, 1e-6, 1 - 1e-6)
+        above = jnp.maximum((p - lo) / self.scale, 1e-6)
+        below = jnp.maximum((hi - p) / self.scale, 1e-6)
+        return jnp.select(
+            [self.kind == _FREE, self.kind == _LOWER, self.kind == _UPPER],
+            [jnp.arcsinh(p / self.scale), jnp.log(above), jnp.log(below)],
+            jnp.log(frac) - jnp.log1p(-frac),
+        )
 
     def to_p(self, z):
-        return jnp.where(self.log, self.sign * jnp.exp(jnp.where(self.log, z, 0.0)), z)
+        lo, hi = self._finite_bounds()
+        ez = jnp.exp(jnp.minimum(z, 700.0))
+        return jnp.select(
+            [self.kind == _FREE, self.kind == _LOWER, self.kind == _UPPER],
+            [
+                self.scale * jnp.sinh(jnp.clip(z, -700.0, 700.0)),
+                lo + self.scale * ez,
+                hi - self.scale * ez,
+            ],
+            lo + (hi - lo) * jax.nn.sigmoid(z),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +172,12 @@ def _collocation_start(model: MechanisticModel, data: TrajectorySet, transform, 
     return sol if bool(jnp.all(jnp.isfinite(sol))) else None
 
 
+_HINT = (
+    "other guesses, bounds for the parameters ({ value, min, max } in the model file), a"
+    " shorter time window of the data, or a model that stays finite over the data's span"
+)
+
+
 def fit_mechanistic(
     model: MechanisticModel,
     data: TrajectorySet,
@@ -130,21 +193,26 @@ def fit_mechanistic(
     """Least-squares fit of the free parameters (and initial states) of `model` to `data`.
 
     **Arguments:**
-    - `model`: the declared model; `model.guesses` are the first start.
+    - `model`: the declared model; `model.guesses` are the first start, its bounds are kept.
     - `data`: the trajectories.
     - `key`: randomness for the extra starts (keyword-only).
     - `fit_initial_state`: also fit each trajectory's initial state.
-    - `n_starts`: number of starts (the guesses, then log-normal perturbations of them).
-    - `spread`: standard deviation of the perturbations in log space (0.7 ≈ a factor of 2).
+    - `n_starts`: number of starts (the guesses, then perturbations of them); a start fitted to
+      the data's smoothed derivatives and one with the signs of unbounded guesses flipped are
+      added.
+    - `spread`: standard deviation of the perturbations in `z` (0.7 ≈ a factor of 2).
 
-    Residuals are scaled per state by the mean absolute value of that state.
+    Residuals are scaled per state by the mean absolute value of that state. A start whose
+    model cannot be integrated over the data's span is steered: it is fitted on the first part
+    of every trajectory, and the window grows as long as the fitted model stays finite.
     """
     ts, ys, mask = (jnp.asarray(a) for a in data.padded())
     scale = jnp.asarray(data.state_scale())
     free_idx = np.asarray(model.free_index, dtype=int)
     guesses = np.asarray(model.guesses, dtype=float)[free_idx]
-    transform = ParameterTransform.from_guesses(guesses)
+    transform = ParameterTransform.for_model(model)
     n_traj, n_state = ys.shape[0], ys.shape[2]
+    span = ts[:, -1:] - ts[:, :1]
 
     def unpack(theta):
         z, dy0 = theta
@@ -152,21 +220,43 @@ def fit_mechanistic(
         y0s = ys[:, 0, :] + (dy0 * scale if fit_initial_state else 0.0)
         return params, y0s
 
-    def residuals(theta, _):
+    def windowed(theta, window):
+        """Predictions on the first `window` fraction of each trajectory (times past it are
+        clipped to its end, so the solve never goes there) and the points inside."""
         params, y0s = unpack(theta)
+        end = ts[:, :1] + window * span
         pred, ok = simulate(
-            model, params, y0s, ts, rtol=rtol, atol=atol, adjoint=diffrax.ForwardMode()
+            model,
+            params,
+            y0s,
+            jnp.minimum(ts, end),
+            rtol=rtol,
+            atol=atol,
+            adjoint=diffrax.ForwardMode(),
         )
-        r = mask[..., None] * (pred - ys) / scale
+        inside = (mask > 0) & (ts <= end + 1e-9 * span)
+        return pred, ok, inside
+
+    def residuals(theta, window):
+        pred, _, inside = windowed(theta, window)
+        r = jnp.where(inside[..., None], (pred - ys) / scale, 0.0)
         return jnp.where(jnp.isfinite(r), r, _FAILED)
 
     solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-10)
 
     @eqx.filter_jit
-    def run(theta):
-        sol = optx.least_squares(residuals, solver, theta, max_steps=max_iterations, throw=False)
-        r = residuals(sol.value, None)
-        return sol.value, 0.5 * jnp.sum(r**2), sol.result == optx.RESULTS.successful
+    def run(theta, window):
+        sol = optx.least_squares(
+            residuals, solver, theta, args=window, max_steps=max_iterations, throw=False
+        )
+        r = residuals(sol.value, window)
+        _, ok, _ = windowed(sol.value, window)
+        converged = sol.result == optx.RESULTS.successful
+        return sol.value, 0.5 * jnp.sum(r**2), converged, ok
+
+    @eqx.filter_jit
+    def integrable(theta, window):
+        return windowed(theta, window)[1]
 
     if not len(free_idx):  # nothing to fit: the declared model from the observed first states
         params = _full_params(model, jnp.zeros(0))
@@ -174,9 +264,11 @@ def fit_mechanistic(
         ok = np.asarray(ok)
         if not ok.all():
             raise NumericalError(
-                "the declared model cannot be integrated (diverges or hits the step limit)",
+                "the declared model (no free parameters) cannot be integrated over the data's"
+                " span (diverges or hits the step limit)",
                 stage="mechanistic",
                 trajectory=data.names[int(np.argmin(ok))],
+                hint="a shorter time window of the data, or a model that stays finite there",
             )
         err = np.asarray(mask[..., None] * (pred - ys))
         return MechanisticFit(
@@ -191,33 +283,53 @@ def fit_mechanistic(
         )
     z0 = transform.to_z(jnp.asarray(guesses))
     starts = [z0]
-    n_starts = n_starts if len(free_idx) else 1  # nothing to perturb
+    unbounded = (transform.kind == _FREE) & (guesses != 0)
+    if unbounded.any():  # a guess of the wrong sign
+        starts.append(jnp.where(unbounded, -z0, z0))
     keys = jax.random.split(key, max(n_starts - 1, 1))
     for k in keys[: n_starts - 1]:
-        noise = spread * jax.random.normal(k, z0.shape)
-        starts.append(jnp.where(transform.log, z0 + noise, z0 * (1 + noise) + 0.1 * noise))
+        starts.append(z0 + spread * jax.random.normal(k, z0.shape))
     collocated = _collocation_start(model, data, transform, z0)
     if collocated is not None:  # from the data's derivatives: often closest of all
         starts.insert(0, collocated)
     dy0 = jnp.zeros((n_traj, n_state))
-    best = None
+    full = jnp.asarray(1.0)
+    best, failed = None, None  # (theta, cost, converged), the best non-integrable one
     for z in starts:
-        theta, cost, converged = run((z, dy0))
+        theta, cost, converged, ok = run((z, dy0), full)
         cost = float(cost)
-        if math.isfinite(cost) and (best is None or cost < best[1]):
+        if not math.isfinite(cost):
+            continue
+        if not bool(jnp.all(ok)):
+            failed = failed or (theta, np.asarray(ok))
+        elif best is None or cost < best[1]:
             best = (theta, cost, bool(converged))
+    message = ""
+    if best is None:  # steer: fit growing windows of the data from the most promising starts
+        for z in starts[:2]:
+            best = _grow_window(run, integrable, (z, dy0))
+            if best is not None:
+                message = " (steered: fitted on growing windows of the data)"
+                break
     if best is None:
-        raise NumericalError("every start of the least-squares fit failed", stage="mechanistic")
+        ok = failed[1] if failed is not None else np.zeros(n_traj, dtype=bool)
+        raise NumericalError(
+            "the model cannot be integrated over the data's span with any fitted parameters"
+            " (it diverges or hits the step limit), even when fitted on growing windows",
+            stage="mechanistic",
+            trajectory=data.names[int(np.argmin(ok))],
+            hint=_HINT,
+        )
     theta, cost, converged = best
     params, y0s = unpack(theta)
     pred, ok = simulate(model, params, y0s, ts, rtol=rtol, atol=atol)
     ok = np.asarray(ok)
     if not ok.all() or not np.all(np.isfinite(np.asarray(params))):
-        bad = data.names[int(np.argmin(ok))]
         raise NumericalError(
             "the fitted model cannot be integrated (diverges or hits the step limit)",
             stage="mechanistic",
-            trajectory=bad,
+            trajectory=data.names[int(np.argmin(ok))],
+            hint=_HINT,
         )
     err = np.asarray(mask[..., None] * (pred - ys))
     rmse = np.sqrt((err**2).sum(axis=(0, 1)) / np.asarray(mask).sum())
@@ -229,5 +341,27 @@ def fit_mechanistic(
         rmse=rmse,
         n_starts=len(starts),
         success=converged,
-        message="converged" if converged else "stopped at the iteration limit",
+        message=("converged" if converged else "stopped at the iteration limit") + message,
     )
+
+
+def _grow_window(run, integrable, theta, *, first: float = 0.1, min_step: float = 1 / 64):
+    """Continuation in time: fit the first `first` of every trajectory, then a longer window
+    from that fit, and so on to the whole span. A step to a window on which the current fit
+    cannot be integrated is halved. Returns `(theta, cost, converged)` or None."""
+    done, step = 0.0, first
+    while done < 1.0:
+        window = jnp.asarray(min(1.0, done + step))
+        if not bool(jnp.all(integrable(theta, window))):
+            if step <= min_step:
+                return None
+            step /= 2
+            continue
+        fitted, cost, converged, ok = run(theta, window)
+        if not (math.isfinite(float(cost)) and bool(jnp.all(ok))):
+            step /= 2
+            if step < min_step:
+                return None
+            continue
+        theta, done, step = fitted, float(window), min(2 * step, 0.5)
+    return theta, float(cost), bool(converged)

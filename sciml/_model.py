@@ -7,6 +7,7 @@ numbers and adding discovered terms) and evaluates them with JAX.
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import os
 import re
 import tomllib
@@ -34,6 +35,7 @@ class MechanisticModel:
     - `parameters`: parameter names.
     - `guesses`: initial guesses (or known values), one per parameter.
     - `fixed`: which parameters are known and not fitted.
+    - `bounds`: `(min, max)` per parameter (`-inf`/`inf` where not declared); empty: none.
     - `equations`: one SymPy right-hand side per state, over states, parameters and `t`.
     - `residual_states`: states whose equation gets a neural residual term.
     - `time_column`, `trajectory_column`: data column names.
@@ -48,6 +50,7 @@ class MechanisticModel:
     time_column: str = "t"
     trajectory_column: str = "trajectory"
     source: str = "<memory>"
+    bounds: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self):
         n = len(self.parameters)
@@ -55,6 +58,16 @@ class MechanisticModel:
             raise ValueError("parameters, guesses and fixed must have the same length")
         if len(self.equations) != len(self.states):
             raise ValueError("one equation per state")
+        if self.bounds and len(self.bounds) != n:
+            raise ValueError("bounds: one (min, max) per parameter, or none")
+        for (lo, hi), g, name in zip(self.parameter_bounds, self.guesses, self.parameters):
+            if not lo <= g <= hi or lo >= hi:
+                raise ValueError(f"parameter {name}: need min < max and min <= value <= max")
+
+    @property
+    def parameter_bounds(self) -> tuple[tuple[float, float], ...]:
+        """`(min, max)` of every parameter, `(-inf, inf)` where none is declared."""
+        return self.bounds or ((-np.inf, np.inf),) * len(self.parameters)
 
     # -- symbols --------------------------------------------------------------------------
     @property
@@ -110,14 +123,20 @@ class MechanisticModel:
         guesses: Sequence[float],
         fixed: Sequence[bool] | None = None,
     ) -> MechanisticModel:
-        """A copy with other equations and parameters (used when discovered terms are added)."""
+        """A copy with other equations and parameters (used when discovered terms are added).
+
+        A parameter keeps its declared bounds where its name is one of this model's."""
         fixed = tuple(fixed) if fixed is not None else (False,) * len(parameters)
+        declared = dict(zip(self.parameters, self.parameter_bounds, strict=True))
+        bounds = tuple(declared.get(p, (-np.inf, np.inf)) for p in parameters)
+        guesses = tuple(float(np.clip(float(g), *b)) for g, b in zip(guesses, bounds, strict=True))
         return dataclasses.replace(
             self,
             equations=tuple(equations),
             parameters=tuple(parameters),
-            guesses=tuple(float(g) for g in guesses),
+            guesses=guesses,
             fixed=fixed,
+            bounds=bounds if any(np.isfinite(b).any() for b in bounds) else (),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -125,6 +144,11 @@ class MechanisticModel:
             "states": list(self.states),
             "parameters": dict(zip(self.parameters, self.guesses, strict=True)),
             "fixed": [p for p, f in zip(self.parameters, self.fixed, strict=True) if f],
+            "bounds": {
+                p: [None if np.isinf(v) else v for v in b]
+                for p, b in zip(self.parameters, self.parameter_bounds, strict=True)
+                if np.isfinite(b).any()
+            },
             "equations": {s: str(e) for s, e in zip(self.states, self.equations, strict=True)},
             "residual": list(self.residual_states),
         }
@@ -136,6 +160,11 @@ def _check_name(name: Any, where: str, kind: str) -> str:
     if name in RESERVED:
         raise ModelFileError(
             f"{where}: {kind} name {name!r} is reserved (a function name, or time `t`)"
+        )
+    if keyword.iskeyword(name):
+        raise ModelFileError(
+            f"{where}: {kind} name {name!r} is a Python keyword, which an equation cannot"
+            f" use; rename it (e.g. {name + '_'!r})"
         )
     return name
 
@@ -176,28 +205,38 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
     raw_params = model.get("parameters", {})
     if not isinstance(raw_params, Mapping):
         raise ModelFileError(f"{source}: [model.parameters] must be a table of name = number")
-    names, guesses, fixed = [], [], []
+    names, guesses, fixed, bounds = [], [], [], []
     for name, spec in raw_params.items():
         where = f"{source}: model.parameters.{name}"
         _check_name(name, where, "parameter")
         if name in states:
             raise ModelFileError(f"{where}: parameter has the same name as a state")
+        lo, hi = -np.inf, np.inf
         if isinstance(spec, Mapping):
-            unknown = sorted(set(spec) - {"value", "fixed"}, key=str)
+            unknown = sorted(set(spec) - {"value", "fixed", "min", "max"}, key=str)
             if unknown or "value" not in spec:
                 raise ModelFileError(
-                    f"{where}: a parameter table takes `value` and optional `fixed`"
-                    f" (got keys {sorted(spec, key=str)})"
+                    f"{where}: a parameter table takes `value` and optional `fixed`, `min`,"
+                    f" `max` (got keys {sorted(spec, key=str)})"
                 )
             is_fixed = spec.get("fixed", False)
             if not isinstance(is_fixed, bool):
                 raise ModelFileError(f"{where}.fixed: expected true or false")
             value = _finite_number(spec["value"], f"{where}.value")
+            lo = _finite_number(spec["min"], f"{where}.min") if "min" in spec else lo
+            hi = _finite_number(spec["max"], f"{where}.max") if "max" in spec else hi
+            if not lo < hi:
+                raise ModelFileError(f"{where}: min ({lo:g}) must be below max ({hi:g})")
+            if not lo <= value <= hi:
+                raise ModelFileError(
+                    f"{where}.value: {value:g} is outside [min, max] = [{lo:g}, {hi:g}]"
+                )
         else:
             value, is_fixed = _finite_number(spec, where), False
         names.append(name)
         guesses.append(value)
         fixed.append(is_fixed)
+        bounds.append((lo, hi))
 
     table = {s: sp.Symbol(s, real=True) for s in [*states, *names]}
     table["t"] = sp.Symbol("t", real=True)
@@ -263,6 +302,7 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
         parameters=tuple(names),
         guesses=tuple(guesses),
         fixed=tuple(fixed),
+        bounds=tuple(bounds) if np.isfinite(bounds).any() else (),
         equations=tuple(equations),
         residual_states=tuple(s for s in states if s in res_states),
         time_column=time_col,
