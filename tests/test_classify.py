@@ -23,9 +23,11 @@ from sciml.classify import (
     load_classifier,
     load_npz,
     make_classifier,
+    make_image_set,
     random_shift,
     run_classify,
 )
+from sciml.classify._train import fit, make_optimizer
 
 # One small config for every training run in this file, so that `train_step` compiles once.
 SMALL = ClassifierConfig(
@@ -131,6 +133,56 @@ def test_random_shift_is_a_translation() -> None:
     np.testing.assert_array_equal(shifted, again)
 
 
+@pytest.mark.parametrize("kind", ["shapes", "textures", "bars"])
+def test_generated_image_sets_are_balanced_and_not_given_away_by_colour(kind: str) -> None:
+    data = make_image_set(kind, 400, size=16, seed=0)
+    assert data.images.shape == (400, 3, 16, 16) and data.images.dtype == np.float32
+    assert 0 <= data.images.min() and data.images.max() <= 1
+    np.testing.assert_array_equal(np.bincount(data.labels), [100] * 4)
+    again = make_image_set(kind, 400, size=16, seed=0)
+    np.testing.assert_array_equal(data.images, again.images)
+    assert not np.array_equal(make_image_set(kind, 400, size=16, seed=1).images, data.images)
+    # The mean colour of an image says nothing about its class: per-class means of the
+    # per-image mean colour lie within a few standard errors of each other.
+    colour = data.images.mean(axis=(2, 3))
+    means = np.stack([colour[data.labels == k].mean(0) for k in range(4)])
+    se = colour.std(0) / np.sqrt(100)
+    assert (np.ptp(means, axis=0) < 5 * se).all(), (means, se)
+
+
+def test_training_stops_when_validation_stops_improving_and_keeps_the_best() -> None:
+    """Random labels: validation accuracy cannot keep improving, so training stops long
+    before the epoch limit, after halving the learning rate, and keeps the best epoch."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((200, 6)).astype(np.float32), rng.integers(0, 2, 200)
+    xv, yv = rng.standard_normal((60, 6)).astype(np.float32), rng.integers(0, 2, 60)
+    config = ClassifierConfig(width=8, hidden=8)
+    model = make_classifier(config, (6,), 2, key=jr.key(0))
+    optim = make_optimizer(1e-2, 0.0, 5)
+    result = fit(
+        model,
+        optim,
+        x,
+        y,
+        epochs=200,
+        batch_size=40,
+        seed=0,
+        x_val=xv,
+        y_val=yv,
+        patience=4,
+        progress=False,
+    )
+    history = result.history
+    assert result.stopped == "converged" and len(history["loss"]) < 200
+    best = result.best_epoch
+    assert history["val_accuracy"][best - 1] == max(history["val_accuracy"])
+    assert len(history["loss"]) - best >= 4
+    assert min(history["lr"]) < history["lr"][0] / 1.5
+    from sciml.classify import evaluate
+
+    assert evaluate(result.model, xv, yv).accuracy == history["val_accuracy"][best - 1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 
@@ -226,7 +278,12 @@ def test_cli_bad_input_exits_2(prefect_harness, tmp_path: Path) -> None:
 def test_colour_images_are_learnt_and_results_written(colour_run: tuple[Path, dict]) -> None:
     out, metrics = colour_run
     assert metrics["test_accuracy"] >= 0.8  # chance is 1/3
-    assert metrics["n_train"] == 120 and metrics["n_test"] == 60
+    assert metrics["n_train"] + metrics["n_validation"] == 120 and metrics["n_test"] == 60
+    assert metrics["n_validation"] == 12 and 1 <= metrics["best_epoch"] <= metrics["epochs"]
+    assert metrics["stopped"] in ("converged", "epoch limit")
+    history = metrics["history"]
+    assert len(history["val_accuracy"]) == metrics["epochs"] == len(history["lr"])
+    assert metrics["val_accuracy"] == max(history["val_accuracy"])
     assert metrics["mean_solver_steps"] >= 1 and metrics["failed_solves"] == 0
     assert metrics["params"] > 0 and metrics["train_seconds"] > 0
     assert np.sum(metrics["confusion_matrix"]) == 60
@@ -295,7 +352,7 @@ def test_checkpoint_of_another_config_is_ignored(tmp_path: Path) -> None:
     from sciml.classify import Checkpoint
 
     model = make_classifier(SMALL, (1, 8, 8), 3, key=jr.key(0))
-    Checkpoint(tmp_path, "aaaa").save({"epoch": 1}, model, None)
+    Checkpoint(tmp_path, "aaaa").save({"epoch": 1}, model, None, model)
     assert Checkpoint(tmp_path, "bbbb").load(model, None) is None
     loaded = Checkpoint(tmp_path, "aaaa").load(model, None)
     assert loaded is not None and loaded[0]["epoch"] == 1

@@ -27,11 +27,13 @@ from sciml.cnf import (
     CNFConfig,
     energy_distance,
     evaluate_log_prob,
+    fit_cnf,
     load_cnf,
     load_table,
     log_prob,
     resolve_trace,
     run_cnf,
+    validation_rows,
 )
 
 GENERATE = Path(__file__).resolve().parents[1] / "data" / "cnf" / "generate.py"
@@ -96,7 +98,7 @@ def test_outputs_written_and_model_reloads(trained):
     out, metrics = trained["out"], trained["metrics"]
     for name in ("metrics.json", "model.eqx", "model.json", "samples.csv", "history.csv"):
         assert (out / name).is_file(), name
-    for name in ("density.png", "samples.png"):
+    for name in ("density.png", "samples.png", "training.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "checkpoint.eqx").exists() and not (out / "checkpoint.json").exists()
     assert not list(out.glob(".*.tmp"))
@@ -105,6 +107,14 @@ def test_outputs_written_and_model_reloads(trained):
         assert on_disk[key] == pytest.approx(metrics[key])
     assert on_disk["eval_trace"] == "exact" and on_disk["n_test"] == 1000
     assert metrics["eval_solver_steps"] >= 1 and metrics["train_seconds"] > 0
+    # The loss curves: one row per check, validation NLL included; the kept model is the
+    # best check's (its validation NLL is the smallest in the curve).
+    history = pd.read_csv(out / "history.csv")
+    assert {"step", "loss", "val_nll", "lr"} <= set(history.columns)
+    assert len(history) == metrics["steps"] // FAST.checkpoint_every
+    assert metrics["validation_nll"] == pytest.approx(history["val_nll"].min(), abs=1e-4)
+    assert metrics["best_step"] == int(history["step"][history["val_nll"].idxmin()])
+    assert metrics["n_validation"] == 160 and metrics["n_train"] == 2000
 
     model = load_cnf(out)
     lp, _ = evaluate_log_prob(model, trained["x_test"])
@@ -303,8 +313,8 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     leaves_a = jax.tree.leaves(eqx.filter(a, eqx.is_array))
     leaves_b = jax.tree.leaves(eqx.filter(b, eqx.is_array))
     assert max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(leaves_a, leaves_b)) <= 1e-6
-    hist_full = pd.read_csv(tmp_path / "full" / "history.csv")
-    hist_part = pd.read_csv(part / "history.csv")
+    hist_full = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
+    hist_part = pd.read_csv(part / "history.csv").drop(columns="seconds")
     np.testing.assert_allclose(hist_part.to_numpy(), hist_full.to_numpy(), atol=1e-6)
     # ... and training does depend on the seed, so the comparison above could fail.
     assert (
@@ -313,9 +323,56 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     )
 
 
+def test_training_stops_when_validation_stops_improving_and_keeps_the_best():
+    """On a plain Gaussian (which the untrained flow nearly is already) the validation NLL
+    plateaus at once: the learning rate is halved, training stops long before the step limit,
+    and the returned model is the best check's, not the last one."""
+    x = np.random.default_rng(3).standard_normal((600, 2)) @ np.array([[1.0, 0.3], [0.0, 0.5]])
+    config = CNFConfig(width=8, depth=1, steps=5000, batch_size=64, checkpoint_every=10, patience=4)
+    fit = fit_cnf(x, config, key=jr.key(0), seed=0)
+    assert fit.stopped == "converged" and fit.steps < config.steps
+    val = [r["val_nll"] for r in fit.history]
+    assert len(val) == fit.steps // 10 and fit.n_validation == 60
+    assert fit.best_validation_nll == pytest.approx(min(val))
+    assert fit.best_step == fit.history[int(np.argmin(val))]["step"]
+    assert fit.steps - fit.best_step >= config.patience * config.checkpoint_every
+    lrs = [r["lr"] for r in fit.history]
+    assert lrs[0] == pytest.approx(config.learning_rate) and min(lrs) < lrs[0] / 1.5
+    # The returned model scores the best validation NLL on the validation rows.
+    _, val_rows = validation_rows(len(x), config.validation_fraction, jr.split(jr.key(0), 3)[0])
+    lp, _ = evaluate_log_prob(fit.model, x[val_rows])
+    assert -float(np.mean(lp)) == pytest.approx(fit.best_validation_nll, abs=1e-5)
+
+
+def test_sharp_targets_have_normalised_known_densities():
+    """The benchmark targets' log-densities integrate to 1 and match their samplers."""
+    spec = importlib.util.spec_from_file_location("cnf_generate", GENERATE)
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    g = np.linspace(-3.5, 3.5, 281)  # 0.025 apart: a quarter of the narrowest mode's sd
+    xx, yy = np.meshgrid(g, g)
+    pts = np.stack([xx.ravel(), yy.ravel()], 1)
+    cell = (g[1] - g[0]) ** 2
+    rng = np.random.default_rng(0)
+    for name, (draw, logpdf) in generate.SHARP.items():
+        assert np.exp(logpdf(pts)).sum() * cell == pytest.approx(1.0, abs=0.01), name
+        x = draw(4000, rng)
+        assert np.isfinite(logpdf(x)).all(), name
+        # Samples fall where the density is high: its mean over the samples is several times
+        # its mean over the box (E_p[p] against E_uniform[p]).
+        assert np.exp(logpdf(x)).mean() > 3 * np.exp(logpdf(pts)).mean(), name
+
+
 def test_config_roundtrip():
     c = dataclasses.replace(CNFConfig(), kinetic=0.01, dt=0.1)
     assert CNFConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_bad_config_refused():
+    with pytest.raises(InputError, match="patience"):
+        CNFConfig(patience=0)
+    with pytest.raises(InputError, match="validation_fraction"):
+        CNFConfig(validation_fraction=1.0)
 
 
 def test_nonpositive_steps_refused(tmp_path):

@@ -27,7 +27,15 @@ from ._models import (
     count_params,
     make_classifier,
 )
-from ._run import DIGITS_CONFIG, TrainedClassifier, default_config, load_classifier, run_classify
+from ._run import (
+    DATASETS,
+    DIGITS_CONFIG,
+    TrainedClassifier,
+    default_config,
+    load_classifier,
+    run_classify,
+)
+from ._synthetic import make_image_set
 from ._train import (
     Checkpoint,
     Evaluation,
@@ -40,6 +48,7 @@ from ._train import (
 )
 
 __all__ = [
+    "DATASETS",
     "DIGITS_CONFIG",
     "AbstractClassifier",
     "AbstractField",
@@ -69,6 +78,7 @@ __all__ = [
     "load_digits",
     "load_npz",
     "make_classifier",
+    "make_image_set",
     "make_optimizer",
     "random_shift",
     "run_classify",

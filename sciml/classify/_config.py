@@ -26,10 +26,14 @@ class ClassifierConfig:
     Solver: `solver` (adaptive, e.g. "tsit5") on `[0, t1]` with relative/absolute tolerances
     `rtol`/`atol` and at most `max_steps` steps.
 
-    Training: AdamW with a cosine-decayed `learning_rate` and `weight_decay`, `epochs` passes
-    of mini-batches of `batch_size`, images translated at random by up to `shift` pixels
-    (augmentation; 0: none); `test_fraction` is the stratified held-out share when no
-    test set is given.
+    Training: AdamW at `learning_rate` (after a one-epoch linear warm-up) with `weight_decay`,
+    mini-batches of `batch_size`, images translated at random by up to `shift` pixels
+    (augmentation; 0: none). A stratified `validation_fraction` of the training data is held
+    back and scored after every epoch: the learning rate is halved when its accuracy has not
+    improved for `patience // 2` epochs, training stops when it has not improved for
+    `patience` epochs or after `epochs` epochs (the most), and the best epoch's model is kept.
+    `validation_fraction` 0: no validation, exactly `epochs` epochs, the last model kept.
+    `test_fraction` is the stratified held-out share when no test set is given.
     """
 
     model: Literal["ode", "resnet"] = "ode"
@@ -45,7 +49,9 @@ class ClassifierConfig:
     rtol: float = 1e-3
     atol: float = 1e-4
     max_steps: int = 256
-    epochs: int = 20
+    epochs: int = 60
+    patience: int = 8
+    validation_fraction: float = 0.1
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
@@ -66,6 +72,7 @@ class ClassifierConfig:
             "depth",
             "max_steps",
             "epochs",
+            "patience",
             "batch_size",
         ):
             if int(getattr(self, name)) < 1:
@@ -75,6 +82,8 @@ class ClassifierConfig:
         for name in ("t1", "rtol", "atol", "learning_rate"):
             if not float(getattr(self, name)) > 0:
                 problems.append(f"{name} must be positive")
+        if not 0 <= self.validation_fraction < 1:
+            problems.append("validation_fraction must lie in [0, 1)")
         if not 0 < self.test_fraction < 1:
             problems.append("test_fraction must lie strictly between 0 and 1")
         if problems:

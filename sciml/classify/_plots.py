@@ -63,11 +63,15 @@ def plot_training(history: dict[str, list[float]], path: str | os.PathLike[str])
     ax1.set_yscale("log")
     ax1.set_title("training loss (cross-entropy)")
     ax2.plot(epochs, series("train_accuracy"), marker=".", label="train (running)")
+    val = series("val_accuracy")
+    if np.isfinite(val).any():
+        ax2.plot(epochs, val, marker=".", label="validation (chooses the kept epoch)")
+        ax2.axvline(int(np.nanargmax(val)) + 1, color="grey", ls="--", lw=1)
     test = series("test_accuracy")
     if np.isfinite(test).any():
-        ax2.plot(epochs, test, marker=".", label="held out")
+        ax2.plot(epochs, test, marker=".", label="held out (not used in training)")
     ax2.set_title("accuracy")
-    ax2.legend()
+    ax2.legend(fontsize=7)
     ax3.plot(epochs, series("mean_steps"), marker=".", color="C2")
     ax3.set_title("mean solver steps per sample")
     for ax in (ax1, ax2, ax3):

@@ -25,21 +25,33 @@ from ._data import (
 )
 from ._models import AbstractClassifier, count_params, make_classifier
 from ._plots import confusion_matrix, plot_confusion, plot_training
+from ._synthetic import KINDS, make_image_set
 from ._train import Checkpoint, EpochCallback, evaluate, fit, make_optimizer
 
-DATASETS = ("digits",)
-
-#: Settings for the bundled digits (8x8, one channel): a 4x4 state grid, shift augmentation.
-DIGITS_CONFIG = ClassifierConfig(grid=4, width=32, hidden=32, pool=2, shift=1, epochs=30)
+#: Bundled data sets: scikit-learn's digits and generated colour image sets (`_synthetic`).
+DATASETS = ("digits", *KINDS)
+#: Size of a generated bundled set (before the held-out split), side and seed.
+GENERATED_SIZE, GENERATED_SIDE, GENERATED_SEED = 3000, 32, 0
 
 
 def default_config(sample_shape: tuple[int, ...], dataset: str | None = None) -> ClassifierConfig:
-    """Settings that suit the data: digits, other images, or flat feature vectors."""
-    if dataset == "digits":
-        return DIGITS_CONFIG
+    """Settings from the shape of the samples alone (never from the data set's name).
+
+    Images: a stem that halves the side down to at most 8 (at most half the side, so that
+    small images keep a grid), 32 channels, random shifts of up to 1/16 of the side
+    (at least 1 pixel). Flat features: an affine stem of 64.
+    """
+    del dataset  # kept for callers; the settings follow from the shape only
     if len(sample_shape) == 3:
-        return ClassifierConfig(grid=8, width=16, hidden=16, pool=2, shift=2, epochs=20)
-    return ClassifierConfig(width=64, hidden=64, epochs=40)
+        side = max(sample_shape[1:])
+        return ClassifierConfig(
+            grid=max(2, min(8, side // 2)), width=32, hidden=32, pool=2, shift=max(1, side // 16)
+        )
+    return ClassifierConfig(width=64, hidden=64)
+
+
+#: The settings `default_config` gives the bundled digits (8x8, one channel).
+DIGITS_CONFIG = default_config((1, 8, 8))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +123,14 @@ def _load(
         raise InputError("classify: give exactly one of a bundled dataset or a data file")
     if dataset is not None:
         if dataset not in DATASETS:
-            raise InputError(f"classify: unknown dataset {dataset!r} (known: digits)")
-        train = load_digits()
+            known = ", ".join(DATASETS)
+            raise InputError(f"classify: unknown dataset {dataset!r} (known: {known})")
+        if dataset == "digits":
+            train = load_digits()
+        else:
+            train = make_image_set(
+                dataset, GENERATED_SIZE, size=GENERATED_SIDE, seed=GENERATED_SEED
+            )
     else:
         assert data is not None
         train = load_npz(data)
@@ -133,7 +151,8 @@ def run_classify(
 ) -> dict[str, Any]:
     """Train a neural-ODE image classifier and write its results into `out`.
 
-    Data: `dataset="digits"` (scikit-learn's bundled 8x8 digits) or `data`, an NPZ file with
+    Data: `dataset` (`"digits"`, scikit-learn's bundled 8x8 digits, or a generated colour set:
+    `"shapes"`, `"textures"`, `"bars"`; see `make_image_set`) or `data`, an NPZ file with
     `images` (N, C, H, W), (N, H, W) or (N, D) and integer `labels` (N,). `test` is an NPZ of
     the same form; without it a stratified share (`config.test_fraction`) is held out.
 
@@ -142,8 +161,11 @@ def run_classify(
     every epoch; a later call with the same data, config and seed resumes from them and ends
     with the same result as an uninterrupted run. They are removed at the end.
 
-    `config` overrides the data-dependent defaults (`default_config`), `epochs` overrides
-    `config.epochs`; `callback(epoch, record)` is called after each epoch's checkpoint;
+    Training runs until a stratified validation share of the training data
+    (`config.validation_fraction`) stops improving (see `fit`), for at most `config.epochs`
+    epochs; the best epoch's model is kept. `config` overrides the shape-dependent defaults
+    (`default_config`), `epochs` overrides `config.epochs` (the most);
+    `callback(epoch, record)` is called after each epoch's checkpoint;
     `progress` shows a progress bar (rich, on stderr). Bad input raises `DataError`.
     Returns the metrics.
     """
@@ -159,15 +181,22 @@ def run_classify(
         config = config.replace(epochs=int(epochs))
     if test_set is None:
         train_set, test_set = stratified_split(train_set, config.test_fraction, seed)
-    classes, y_train, y_test = encode_labels(train_set, test_set)
-    standardiser = Standardiser.fit(train_set.images)
-    x_train, x_test = standardiser(train_set.images), standardiser(test_set.images)
+    fit_set, val_set = train_set, None
+    if config.validation_fraction > 0:
+        fit_set, val_set = stratified_split(train_set, config.validation_fraction, seed + 1)
+    classes, y_train, y_test = encode_labels(fit_set, test_set)
+    standardiser = Standardiser.fit(fit_set.images)
+    x_train, x_test = standardiser(fit_set.images), standardiser(test_set.images)
+    x_val = y_val = None
+    if val_set is not None:
+        _, _, y_val = encode_labels(fit_set, val_set)
+        x_val = standardiser(val_set.images)
     out.mkdir(parents=True, exist_ok=True)
 
     shape = train_set.sample_shape
     model = make_classifier(config, shape, len(classes), key=jr.key(seed))
     per_epoch = len(x_train) // min(config.batch_size, len(x_train))
-    optim = make_optimizer(config.learning_rate, config.weight_decay, config.epochs * per_epoch)
+    optim = make_optimizer(config.learning_rate, config.weight_decay, per_epoch)
     digest = config.digest(seed, train_set.fingerprint(), test_set.fingerprint())
     checkpoint = Checkpoint(out, digest)
     result = fit(
@@ -179,6 +208,9 @@ def run_classify(
         batch_size=config.batch_size,
         seed=seed,
         shift=config.shift,
+        x_val=x_val,
+        y_val=y_val,
+        patience=config.patience,
         x_test=x_test,
         y_test=y_test,
         checkpoint=checkpoint,
@@ -213,7 +245,14 @@ def run_classify(
         "max_solver_steps": ev_test.max_steps,
         "failed_solves": ev_test.failed_solves + ev_train.failed_solves,
         "train_mean_solver_steps": result.history["mean_steps"][-1],
-        "epochs": config.epochs,
+        "epochs": len(result.history["loss"]),
+        "max_epochs": config.epochs,
+        "best_epoch": result.best_epoch,
+        "stopped": result.stopped,
+        "val_accuracy": result.history["val_accuracy"][result.best_epoch - 1]
+        if val_set is not None and result.best_epoch > 0
+        else None,
+        "n_validation": 0 if val_set is None else len(val_set),
         "resumed_from_epoch": result.resumed_from_epoch,
         "n_train": len(x_train),
         "n_test": len(x_test),

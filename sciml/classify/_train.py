@@ -72,20 +72,41 @@ def predict_batch(
     return logits, jnp.where(mask, steps, 0), ok | ~mask
 
 
+#: The learning rate is never halved below `learning_rate / MIN_LR_DIVISOR`.
+MIN_LR_DIVISOR = 64
+
+
 @functools.lru_cache(maxsize=32)
 def make_optimizer(
-    learning_rate: float, weight_decay: float, total_steps: int
+    learning_rate: float, weight_decay: float, warmup_steps: int
 ) -> optax.GradientTransformation:
-    """AdamW with cosine decay and gradient clipping.
+    """AdamW at `learning_rate` after a linear warm-up over `warmup_steps`, gradient clipping.
 
-    Cached, so that runs with the same settings share one object and hence one compiled
-    `train_step` (the transformation is a static argument of the jitted step).
+    The rate is a hyperparameter in the optimiser state (`optax.inject_hyperparams`), which
+    `fit` halves on a validation plateau: no schedule length to choose per data set. Cached,
+    so that runs with the same settings share one object and hence one compiled `train_step`
+    (the transformation is a static argument of the jitted step).
     """
-    schedule = optax.cosine_decay_schedule(learning_rate, max(1, total_steps), alpha=0.01)
+    ramp = optax.linear_schedule(0.1, 1.0, max(1, warmup_steps))
     return optax.chain(
         optax.clip_by_global_norm(1.0),
-        optax.adamw(schedule, weight_decay=weight_decay),
+        optax.inject_hyperparams(optax.adamw)(
+            learning_rate=learning_rate, weight_decay=weight_decay
+        ),
+        optax.scale_by_schedule(ramp),
     )
+
+
+def _get_lr(opt_state: optax.OptState) -> float | None:
+    try:
+        return float(optax.tree_utils.tree_get(opt_state, "learning_rate"))
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _set_lr(opt_state: optax.OptState, value: float) -> optax.OptState:
+    old = optax.tree_utils.tree_get(opt_state, "learning_rate")
+    return optax.tree_utils.tree_set(opt_state, learning_rate=jnp.asarray(value, old.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +169,7 @@ def _sha256(path: Path) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """`checkpoint.eqx` (model and optimiser state) and `checkpoint.json` in a run folder.
+    """`checkpoint.eqx` (model, optimiser state, best model so far) and `checkpoint.json`.
 
     The JSON names the config digest and the hash of the `.eqx` file, so a checkpoint from a
     different config, or one whose two files were written by different epochs, is ignored.
@@ -165,25 +186,34 @@ class Checkpoint:
     def meta(self) -> Path:
         return self.directory / "checkpoint.json"
 
-    def save(self, state: dict[str, Any], model: eqx.Module, opt_state: optax.OptState) -> None:
+    def save(
+        self,
+        state: dict[str, Any],
+        model: eqx.Module,
+        opt_state: optax.OptState,
+        best: eqx.Module | None = None,
+    ) -> None:
         with atomic_path(self.weights) as tmp:
-            eqx.tree_serialise_leaves(tmp, (model, opt_state))
+            eqx.tree_serialise_leaves(tmp, (model, opt_state, model if best is None else best))
         write_json(self.meta, {**state, "digest": self.digest, "sha256": _sha256(self.weights)})
 
     def load(
         self, model: eqx.Module, opt_state: optax.OptState
-    ) -> tuple[dict[str, Any], eqx.Module, optax.OptState] | None:
-        """The saved state, model and optimiser state; None when absent or not this run's."""
+    ) -> tuple[dict[str, Any], eqx.Module, optax.OptState, eqx.Module] | None:
+        """The saved state, model, optimiser state and best model; None when absent or not
+        this run's."""
         if not (self.meta.exists() and self.weights.exists()):
             return None
         try:
             state = json.loads(self.meta.read_text())
             if state.get("digest") != self.digest or state.get("sha256") != _sha256(self.weights):
                 return None
-            model, opt_state = eqx.tree_deserialise_leaves(self.weights, (model, opt_state))
+            model, opt_state, best = eqx.tree_deserialise_leaves(
+                self.weights, (model, opt_state, model)
+            )
         except (OSError, ValueError, RuntimeError):
             return None
-        return state, model, opt_state
+        return state, model, opt_state, best
 
     def remove(self) -> None:
         self.weights.unlink(missing_ok=True)
@@ -196,13 +226,31 @@ class Checkpoint:
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
+    """The kept model (best validation epoch) and how training went.
+
+    `stopped`: `"converged"` (validation stopped improving) or `"epoch limit"`.
+    """
+
     model: AbstractClassifier
     history: dict[str, list[float]]
     train_seconds: float
     resumed_from_epoch: int
+    best_epoch: int
+    stopped: str
 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+HISTORY_KEYS = (
+    "loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "test_accuracy",
+    "lr",
+    "mean_steps",
+    "seconds",
+)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -231,6 +279,15 @@ def random_shift(images: np.ndarray, shift: int, rng: np.random.Generator) -> np
     ]
 
 
+def _better(acc: float, loss: float, best: dict[str, Any]) -> bool:
+    """Higher validation accuracy, or the same accuracy at a clearly lower loss."""
+    if best["val_accuracy"] is None:
+        return True
+    return acc > best["val_accuracy"] or (
+        acc == best["val_accuracy"] and loss < best["val_loss"] - 1e-3
+    )
+
+
 def fit(
     model: AbstractClassifier,
     optim: optax.GradientTransformation,
@@ -241,18 +298,26 @@ def fit(
     batch_size: int,
     seed: int,
     shift: int = 0,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    patience: int = 8,
     x_test: np.ndarray | None = None,
     y_test: np.ndarray | None = None,
     checkpoint: Checkpoint | None = None,
     callback: EpochCallback | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train with mini-batches (the last partial batch of each epoch is dropped).
+    """Train with mini-batches until the validation accuracy stops improving.
 
-    After every epoch the held-out accuracy is recorded (when `x_test` is given; it is never
-    used to choose anything), a checkpoint is written, and `callback(epoch, record)` is called.
-    A matching checkpoint in `checkpoint.directory` is resumed from. `shift` > 0 augments
-    images with random translations (see `random_shift`).
+    After every epoch the validation set (`x_val`, `y_val`) is scored: the best epoch's model
+    is kept, the learning rate (a `learning_rate` hyperparameter of `optim`, if it has one) is
+    halved after `patience // 2` epochs without improvement, and training stops after
+    `patience` such epochs or `epochs` epochs. Without a validation set: exactly `epochs`
+    epochs, the last model kept. The held-out accuracy (`x_test`) is recorded for the curves
+    only, never used to choose anything. A checkpoint is written after each epoch and
+    `callback(epoch, record)` is called; a matching checkpoint is resumed from. `shift` > 0
+    augments images with random translations (see `random_shift`). The last partial batch
+    of each epoch is dropped.
     """
     from rich.console import Console
     from rich.progress import (
@@ -268,16 +333,27 @@ def fit(
     batch_size = min(batch_size, n)
     per_epoch = n // batch_size
     opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
-    history: dict[str, list[float]] = {
-        k: [] for k in ("loss", "train_accuracy", "test_accuracy", "mean_steps", "seconds")
+    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+    validate = x_val is not None and y_val is not None and len(x_val) > 0
+    best_model = model
+    track: dict[str, Any] = {
+        "val_accuracy": None,
+        "val_loss": None,
+        "best_epoch": 0,
+        "bad": 0,
+        "since_change": 0,
     }
     start_epoch, seconds = 0, 0.0
     if checkpoint is not None:
         loaded = checkpoint.load(model, opt_state)
         if loaded is not None:
-            state, model, opt_state = loaded
+            state, model, opt_state, best_model = loaded
             start_epoch, seconds = int(state["epoch"]), float(state["train_seconds"])
             history = {k: list(v) for k, v in state["history"].items()}
+            track = dict(state["track"])
+    lr0 = _get_lr(opt_state)
+    lr_floor = None if lr0 is None else lr0 / MIN_LR_DIVISOR
+    plateau = max(1, patience // 2)
 
     columns = (
         TextColumn("[bold]classify[/] {task.description}"),
@@ -289,7 +365,8 @@ def fit(
     console = Console(stderr=True)
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
         task = bar.add_task("epoch", total=epochs * per_epoch, completed=start_epoch * per_epoch)
-        for epoch in range(start_epoch, epochs):
+        epoch = start_epoch
+        while epoch < epochs and not (validate and track["bad"] >= patience):
             t0 = time.perf_counter()
             order = epoch_order(n, seed, epoch)
             rng = np.random.default_rng([seed, epoch, 1])
@@ -312,6 +389,7 @@ def fit(
                 "loss": float(np.mean(jax.device_get(losses))),
                 "train_accuracy": float(np.mean(jax.device_get(accs))),
                 "mean_steps": float(np.mean(jax.device_get(steps))),
+                "lr": _get_lr(opt_state),
             }
             if not np.isfinite(record["loss"]):
                 raise NumericalError(
@@ -319,17 +397,42 @@ def fit(
                     "learning rate or tighter solver tolerances",
                     stage="classify",
                 )
+            epoch += 1
+            if validate:
+                ev = evaluate(model, x_val, y_val)
+                record["val_accuracy"], record["val_loss"] = ev.accuracy, ev.loss
+                improved = _better(ev.accuracy, ev.loss, track)
+                if improved:
+                    best_model = model
+                    track.update(val_accuracy=ev.accuracy, val_loss=ev.loss, best_epoch=epoch)
+                    track["bad"] = track["since_change"] = 0
+                else:
+                    track["bad"] += 1
+                    track["since_change"] += 1
+                lr = record["lr"]
+                if track["since_change"] >= plateau and lr is not None and lr > lr_floor * 1.001:
+                    opt_state = _set_lr(opt_state, max(lr / 2, lr_floor))
+                    track["since_change"] = 0
+            else:
+                record["val_accuracy"] = record["val_loss"] = float("nan")
+                best_model, track["best_epoch"] = model, epoch
             seconds += time.perf_counter() - t0
             record["seconds"] = seconds
             if x_test is not None and y_test is not None:
                 record["test_accuracy"] = evaluate(model, x_test, y_test).accuracy
             else:
                 record["test_accuracy"] = float("nan")
-            for k, v in record.items():
-                history[k].append(v)
+            for k in HISTORY_KEYS:
+                history[k].append(record[k])
             if checkpoint is not None:
-                state = {"epoch": epoch + 1, "train_seconds": seconds, "history": history}
-                checkpoint.save(state, model, opt_state)
+                state = {
+                    "epoch": epoch,
+                    "train_seconds": seconds,
+                    "history": history,
+                    "track": track,
+                }
+                checkpoint.save(state, model, opt_state, best_model)
             if callback is not None:
-                callback(epoch + 1, record)
-    return FitResult(model, history, seconds, start_epoch)
+                callback(epoch, record)
+    stopped = "converged" if validate and track["bad"] >= patience else "epoch limit"
+    return FitResult(best_model, history, seconds, start_epoch, int(track["best_epoch"]), stopped)

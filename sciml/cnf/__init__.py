@@ -26,7 +26,15 @@ from ._flow import (
 )
 from ._run import evaluate_log_prob, load_cnf, prepare_tables, run_cnf, save_cnf
 from ._stats import energy_distance
-from ._train import CNFConfig, FitResult, default_optimiser, fit_cnf, init_cnf, nll_loss
+from ._train import (
+    CNFConfig,
+    FitResult,
+    default_optimiser,
+    fit_cnf,
+    init_cnf,
+    nll_loss,
+    validation_rows,
+)
 
 __all__ = [
     "CNF",
@@ -55,4 +63,5 @@ __all__ = [
     "run_cnf",
     "sample",
     "save_cnf",
+    "validation_rows",
 ]

@@ -108,3 +108,31 @@ def plot_pairs(path: Path, data: np.ndarray, samples: np.ndarray, columns: Seque
     )
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_training(path: Path, history: Sequence[dict], best_step: int) -> None:
+    """`training.png`: training NLL and validation NLL per check, the learning rate, and the
+    kept (best) check."""
+    plt = _figure_module()
+
+    def col(key: str) -> np.ndarray:
+        return np.array([np.nan if r.get(key) is None else r[key] for r in history], float)
+
+    step = col("step")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(step, col("nll"), marker=".", label="training NLL (standardised units)")
+    val = col("val_nll")
+    if np.isfinite(val).any():
+        ax1.plot(step, val, marker=".", label="validation NLL (data units)")
+    ax1.axvline(best_step, color="grey", ls="--", lw=1, label=f"kept: step {best_step}")
+    ax1.set_xlabel("training step")
+    ax1.set_ylabel("nats per sample")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.plot(step, col("lr"), marker=".", color="C2")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("training step")
+    ax2.set_title("learning rate")
+    ax2.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)

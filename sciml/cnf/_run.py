@@ -17,54 +17,16 @@ import numpy as np
 from .._errors import InputError, NumericalError
 from .._io import atomic_path, write_json
 from ._data import Table, align_columns, check_rows, load_table
-from ._flow import CNF, ConcatSquashField, log_prob, resolve_trace, sample
-from ._train import CNFConfig, fit_cnf, remove_checkpoint
+from ._eval import EVAL_BATCH, evaluate_log_prob
+from ._flow import CNF, ConcatSquashField, resolve_trace, sample
+from ._train import CNFConfig, fit_cnf, n_validation, remove_checkpoint
 
 #: Fewest training rows (and smallest batch) accepted.
 MIN_BATCH = 32
 #: Fraction of DATA held out when no TEST file is given.
 TEST_FRACTION = 0.2
-#: Rows per evaluation solve.
-EVAL_BATCH = 1024
 #: Up to this dimension the reported test NLL uses the exact trace (deterministic, unbiased).
 EVAL_EXACT_MAX_DIM = 64
-
-
-def evaluate_log_prob(
-    model: CNF,
-    x: np.ndarray,
-    *,
-    trace: str = "auto",
-    key=None,
-    batch: int = EVAL_BATCH,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-) -> tuple[np.ndarray, float]:
-    """Log-density of every row of `x`, in fixed-size batches (one compilation).
-
-    Returns `(logp (N,), mean solver steps per batch solve)`. Raises `NumericalError` if a
-    solve fails.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    n = len(x)
-    # Batch sizes are powers of two up to `batch` (padded by repeating a row): few compilations.
-    size = min(batch, 1 << max(0, (n - 1).bit_length()))
-    method = resolve_trace(trace, model.dim)
-    if method == "hutchinson" and key is None:
-        key = jr.key(0)
-    out, steps = [], []
-    for i, start in enumerate(range(0, n, size)):
-        chunk = x[start : start + size]
-        pad = size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        k = None if key is None else jr.fold_in(key, i)
-        lp, stats = log_prob(model, jnp.asarray(chunk), trace=method, key=k, rtol=rtol, atol=atol)
-        if not bool(stats.ok):
-            raise NumericalError("log-density solve failed (step limit or divergence)", stage="cnf")
-        out.append(np.asarray(lp)[: size - pad])
-        steps.append(int(stats.num_steps))
-    return np.concatenate(out), float(np.mean(steps))
 
 
 def _split(table: Table, seed: int) -> tuple[Table, Table]:
@@ -152,17 +114,19 @@ def run_cnf(
     - `out`: output folder (created).
     - `test`: held-out table with the same columns; default: 20% of DATA split off by `seed`.
     - `seed`: initialisation, split, batches and noise.
-    - `steps`: training steps (overrides `config.steps`).
-    - `config`: hyperparameters (`CNFConfig`); `batch_size` is capped at the training rows.
+    - `steps`: the most training steps (overrides `config.steps`); training stops earlier once
+      the NLL of a validation share of DATA's training rows stops improving (see `fit_cnf`).
+    - `config`: hyperparameters (`CNFConfig`); `batch_size` is capped at the rows trained on.
     - `n_samples`: rows of `samples.csv`; `plots`: write PNG plots.
     - `callback(step, record, model)`: called every `config.checkpoint_every` steps; it may
       raise to stop (the checkpoint in `out` is resumed by the next call with the same
       arguments).
     - `progress`: rich progress bar (default: when stderr is a terminal).
 
-    **Writes** `metrics.json`, `model.eqx` + `model.json`, `samples.csv`, `history.csv` and
-    `density.png` + `samples.png` (2-D) or `pairs.png` (more dimensions). A checkpoint
-    (`checkpoint.eqx`/`.json`) exists only while training is unfinished.
+    **Writes** `metrics.json`, `model.eqx` + `model.json`, `samples.csv`, `history.csv` (the
+    loss curves: training loss and NLL, validation NLL, learning rate per check),
+    `training.png` and `density.png` + `samples.png` (2-D) or `pairs.png` (more dimensions).
+    A checkpoint (`checkpoint.eqx`/`.json`) exists only while training is unfinished.
 
     **Returns** the metrics: `test_nll` (nats per sample, data units), its standard error,
     `train_nll`, `train_seconds`, `eval_solver_steps` (mean steps per evaluation solve), ...
@@ -175,7 +139,8 @@ def run_cnf(
             raise InputError(f"--steps must be a positive integer, not {steps}")
         config = dataclasses.replace(config, steps=int(steps))
     train, held = prepare_tables(data, test, seed=seed)
-    config = dataclasses.replace(config, batch_size=min(config.batch_size, len(train)))
+    n_fit = len(train) - n_validation(len(train), config.validation_fraction)
+    config = dataclasses.replace(config, batch_size=min(config.batch_size, n_fit))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,15 +169,18 @@ def run_cnf(
     x_samples = np.asarray(x_samples, dtype=np.float64)
 
     _write_csv(out / "samples.csv", x_samples, train.columns)
+    keys = ("step", "loss", "nll", "val_nll", "lr", "solver_steps", "seconds")
+    rows = [[np.nan if r.get(k) is None else r[k] for k in keys] for r in fit.history]
     _write_csv(
         out / "history.csv",
-        np.array([[r["step"], r["loss"], r["nll"], r["solver_steps"]] for r in fit.history]),
-        ["step", "loss", "nll_standardised", "solver_steps"],
+        np.array(rows, dtype=np.float64).reshape(-1, len(keys)),
+        ["step", "loss", "nll_standardised", "val_nll", "lr", "solver_steps", "seconds"],
     )
     save_cnf(out, model, config, train.columns)
     if plots:
-        from ._plots import plot_density_2d, plot_pairs
+        from ._plots import plot_density_2d, plot_pairs, plot_training
 
+        plot_training(out / "training.png", fit.history, fit.best_step)
         if model.dim == 2:
             plot_density_2d(out, model, train.values, held.values, x_samples, train.columns)
         else:
@@ -231,7 +199,12 @@ def run_cnf(
         "sample_solver_steps": int(sample_stats.num_steps),
         "eval_trace": eval_trace,
         "train_trace": resolve_trace(config.trace, model.dim),
-        "steps": config.steps,
+        "steps": fit.steps,
+        "max_steps": config.steps,
+        "best_step": fit.best_step,
+        "stopped": fit.stopped,
+        "validation_nll": fit.best_validation_nll if fit.n_validation else None,
+        "n_validation": fit.n_validation,
         "resumed_from_step": fit.resumed_from,
         "n_train": len(train),
         "n_test": len(held),

@@ -26,12 +26,19 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._errors import NumericalError
+from .._errors import InputError, NumericalError
 from .._io import atomic_path, write_json
+from ._eval import evaluate_log_prob
 from ._flow import CNF, ConcatSquashField, gaussian_logpdf, integrate_to_base, resolve_trace
 
 CHECKPOINT = "checkpoint.eqx"
 CHECKPOINT_META = "checkpoint.json"
+#: A validation NLL must beat the best so far by this much (nats) to count as progress.
+MIN_IMPROVEMENT = 1e-3
+#: At most this many rows are held back for validation (a check costs one solve per 1024).
+MAX_VALIDATION_ROWS = 2048
+#: The learning rate is never halved below `learning_rate / MIN_LR_DIVISOR`.
+MIN_LR_DIVISOR = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +47,14 @@ class CNFConfig:
 
     - `width`, `depth`: hidden units and hidden layers of the concat-squash vector field.
     - `t1`: the flow runs on `[0, t1]`.
-    - `steps`, `batch_size`, `learning_rate`: Adam with warm-up and cosine decay (the default
-      optimiser; `fit_cnf` accepts any `optax.GradientTransformation` instead).
+    - `steps`: the most optimiser steps. Training stops earlier once the validation NLL has not
+      improved (by `MIN_IMPROVEMENT` nats) for `patience` checks, one check every
+      `checkpoint_every` steps; the parameters of the best check are kept.
+    - `validation_fraction`: share of the training rows held back for those checks (at most
+      `MAX_VALIDATION_ROWS`); 0: no validation, train for exactly `steps` and keep the last.
+    - `batch_size`, `learning_rate`: clipped Adam at `learning_rate` after a linear warm-up;
+      the rate is halved whenever the validation NLL has not improved for `patience // 2`
+      checks (down to `learning_rate / 64`). No schedule length to tune: the data decide.
     - `trace`: `"auto"` (exact up to 8 dimensions, else Hutchinson), `"exact"`, `"hutchinson"`.
     - `kinetic`, `jacobian`: RNODE weights of `int |f|^2 dt` and `int |df/dy|_F^2 dt` (0: off).
     - `rtol`, `atol`: adaptive solver tolerances; `dt`: fixed step size for training instead
@@ -52,9 +65,11 @@ class CNFConfig:
     width: int = 64
     depth: int = 3
     t1: float = 1.0
-    steps: int = 1500
+    steps: int = 20000
     batch_size: int = 256
     learning_rate: float = 3e-3
+    patience: int = 10
+    validation_fraction: float = 0.1
     trace: str = "auto"
     kinetic: float = 0.0
     jacobian: float = 0.0
@@ -63,6 +78,19 @@ class CNFConfig:
     dt: float | None = None
     max_steps: int = 1000
     checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be at least 1"
+            for name in ("width", "depth", "steps", "batch_size", "patience", "checkpoint_every")
+            if int(getattr(self, name)) < 1
+        ]
+        if not 0 <= self.validation_fraction < 1:
+            problems.append("validation_fraction must lie in [0, 1)")
+        if not self.learning_rate > 0:
+            problems.append("learning_rate must be positive")
+        if problems:
+            raise InputError("CNF config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,17 +118,47 @@ class _Settings:
 
 @functools.lru_cache(maxsize=16)
 def default_optimiser(config: CNFConfig) -> optax.GradientTransformation:
-    """Clipped Adam with warm-up and cosine decay (cached: the same config gives the same
-    object, so the compiled training chunk is reused across runs in one process)."""
+    """Clipped Adam with a linear warm-up to `config.learning_rate`, then constant.
+
+    The rate is a hyperparameter in the optimiser state (`optax.inject_hyperparams`), so that
+    `fit_cnf` can halve it on a validation plateau. Cached: the same config gives the same
+    object, so the compiled training chunk is reused across runs in one process.
+    """
     warmup = max(1, min(100, config.steps // 10))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=config.learning_rate / 10,
-        peak_value=config.learning_rate,
-        warmup_steps=warmup,
-        decay_steps=max(config.steps, warmup + 1),
-        end_value=config.learning_rate / 20,
+    ramp = optax.linear_schedule(0.1, 1.0, warmup)
+    return optax.chain(
+        optax.clip_by_global_norm(5.0),
+        optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate),
+        optax.scale_by_schedule(ramp),
     )
-    return optax.chain(optax.clip_by_global_norm(5.0), optax.adam(schedule))
+
+
+def _get_lr(opt_state) -> float | None:
+    try:
+        return float(optax.tree_utils.tree_get(opt_state, "learning_rate"))
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _set_lr(opt_state, value: float):
+    old = optax.tree_utils.tree_get(opt_state, "learning_rate")
+    return optax.tree_utils.tree_set(opt_state, learning_rate=jnp.asarray(value, old.dtype))
+
+
+def n_validation(n: int, fraction: float) -> int:
+    """How many of `n` training rows are held back for validation."""
+    if fraction <= 0:
+        return 0
+    return int(min(MAX_VALIDATION_ROWS, max(1, round(fraction * n))))
+
+
+def validation_rows(n: int, fraction: float, key: PRNGKeyArray) -> tuple[np.ndarray, np.ndarray]:
+    """`(fit rows, validation rows)` of `n` training rows: a permutation fixed by `key`."""
+    n_val = n_validation(n, fraction)
+    if n_val == 0:
+        return np.arange(n), np.arange(0)
+    perm = np.asarray(jr.permutation(key, n))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def init_cnf(x: np.ndarray, config: CNFConfig, *, key: PRNGKeyArray) -> CNF:
@@ -190,13 +248,22 @@ def _train_chunk(
 
 @dataclasses.dataclass
 class FitResult:
-    """A trained CNF and how its training went (per-chunk means in `history`)."""
+    """A trained CNF (the best validation check's parameters) and how its training went.
+
+    `history` holds one record per chunk: mean training loss and NLL, the validation NLL
+    (data units; NaN without validation), learning rate, solver steps and seconds so far.
+    `stopped` is `"converged"` (validation stopped improving) or `"step limit"`.
+    """
 
     model: CNF
     history: list[dict[str, float]]
     train_seconds: float
     resumed_from: int
     steps: int
+    best_step: int
+    best_validation_nll: float
+    stopped: str
+    n_validation: int
 
 
 def fingerprint(
@@ -212,11 +279,11 @@ def fingerprint(
     return h.hexdigest()
 
 
-def _save_checkpoint(folder: Path, params, opt_state, meta: dict[str, Any]) -> None:
+def _save_checkpoint(folder: Path, params, opt_state, best, meta: dict[str, Any]) -> None:
     # The step lives inside the leaves file too, so that a crash between the two writes cannot
     # pair new weights with an old step count.
     with atomic_path(folder / CHECKPOINT) as tmp:
-        eqx.tree_serialise_leaves(tmp, (params, opt_state, jnp.asarray(meta["step"])))
+        eqx.tree_serialise_leaves(tmp, (params, opt_state, best, jnp.asarray(meta["step"])))
     write_json(folder / CHECKPOINT_META, meta)
 
 
@@ -228,13 +295,13 @@ def _load_checkpoint(folder: Path, params, opt_state, fp: str):
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") != fp:
             return None
-        like = (params, opt_state, jnp.asarray(0))
-        params, opt_state, step = eqx.tree_deserialise_leaves(leaves_path, like)
+        like = (params, opt_state, params, jnp.asarray(0))
+        params, opt_state, best, step = eqx.tree_deserialise_leaves(leaves_path, like)
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored, not fatal
         return None
     if int(step) != int(meta["step"]):
         return None
-    return params, opt_state, meta
+    return params, opt_state, best, meta
 
 
 def remove_checkpoint(folder: str | Path) -> None:
@@ -277,28 +344,43 @@ def fit_cnf(
     callback: Callable[[int, dict[str, float], CNF], None] | None = None,
     progress: bool | None = None,
 ) -> FitResult:
-    """Fit a CNF to the rows of `x` (N, D) by maximum likelihood.
+    """Fit a CNF to the rows of `x` (N, D) by maximum likelihood, until it converges.
+
+    A share `config.validation_fraction` of the rows is held back; every
+    `config.checkpoint_every` steps its NLL is computed (exact trace up to 64 dimensions,
+    adaptive solve). The learning rate is halved after `patience // 2` checks without
+    improvement, training stops after `patience` such checks or `config.steps` steps, and the
+    parameters of the best check are returned.
 
     **Arguments:**
     - `config`: hyperparameters (see `CNFConfig`).
-    - `key`: initialisation, batches and Hutchinson noise all derive from it.
+    - `key`: validation split, initialisation, batches and Hutchinson noise derive from it.
     - `seed`: recorded in the checkpoint fingerprint (the integer `key` came from).
-    - `optim`: an `optax.GradientTransformation` (default: clipped Adam, warm-up + cosine).
+    - `optim`: an `optax.GradientTransformation` (default: `default_optimiser(config)`); the
+      plateau halving acts on a `learning_rate` hyperparameter if it has one
+      (`optax.inject_hyperparams`), otherwise the rate is left alone.
     - `solver`, `adjoint`: diffrax solver (default `Tsit5`) and adjoint (default
       `RecursiveCheckpointAdjoint`, i.e. discretise-then-optimise).
     - `checkpoint_dir`: write `checkpoint.eqx`/`.json` there every `checkpoint_every` steps and
       resume from one with the same fingerprint (config, data, seed, solver, adjoint). A custom
       `optim` is not fingerprinted: resume with the same one.
-    - `callback(step, record, model)`: called after each chunk (record: loss, nll, solver
-      steps; model: the CNF so far); it may raise to stop training (the last checkpoint stays).
+    - `callback(step, record, model)`: called after each chunk (record: loss, nll, val_nll,
+      lr, solver steps; model: the CNF so far); it may raise to stop training (the last
+      checkpoint stays).
     - `progress`: rich progress bar (default: when stderr is a terminal).
 
     **Raises** `NumericalError` when the loss becomes non-finite or a solve fails.
     """
     x = np.asarray(x, dtype=np.float64)
     n, d = x.shape
-    if config.batch_size > n:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {n} training rows")
+    split_key, init_key, train_key = jr.split(key, 3)
+    fit_rows, val_rows = validation_rows(n, config.validation_fraction, split_key)
+    x_fit, x_val = x[fit_rows], x[val_rows]
+    if config.batch_size > len(x_fit):
+        raise ValueError(
+            f"batch_size {config.batch_size} exceeds the {len(x_fit)} training rows left after "
+            f"holding back {len(x_val)} for validation"
+        )
     method = resolve_trace(config.trace, d)
     settings = _Settings(
         t1=float(config.t1),
@@ -311,29 +393,41 @@ def fit_cnf(
         max_steps=int(config.max_steps),
         batch_size=int(config.batch_size),
     )
-    init_key, train_key = jr.split(key)
-    model = init_cnf(x, config, key=init_key)
-    data = model.standardise(jnp.asarray(x, jnp.float32))
+    model = init_cnf(x_fit, config, key=init_key)
+    data = model.standardise(jnp.asarray(x_fit, jnp.float32))
     params, static = eqx.partition(model.field, eqx.is_inexact_array)
     fp = fingerprint(config, x, -1 if seed is None else seed, solver, adjoint, optim)
     optim = default_optimiser(config) if optim is None else optim
     opt_state = optim.init(params)
+    val_trace = "exact" if d <= 64 else "hutchinson"
+    val_key = jr.fold_in(split_key, 1)
 
+    def with_params(p) -> CNF:
+        return eqx.tree_at(lambda m: m.field, model, eqx.combine(p, static))
+
+    best = params
+    state = {"best_val": float("inf"), "best_step": 0, "bad": 0, "since_change": 0}
     start, history, elapsed = 0, [], 0.0
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
         loaded = _load_checkpoint(folder, params, opt_state, fp)
         if loaded is not None:
-            params, opt_state, meta = loaded
+            params, opt_state, best, meta = loaded
             start, history, elapsed = int(meta["step"]), list(meta["history"]), meta["seconds"]
+            state = {k: meta[k] for k in state}
+            if state["best_val"] is None:  # JSON keeps infinity as null
+                state["best_val"] = float("inf")
     resumed_from = start
+    lr_floor = config.learning_rate / MIN_LR_DIVISOR
+    patience, plateau = int(config.patience), max(1, int(config.patience) // 2)
+    stopped = "step limit"
 
     if progress is None:
         progress = sys.stderr.isatty()
     chunk = max(1, int(config.checkpoint_every))
     with _progress(progress) as bar:
         task = bar.add_task("train", total=config.steps, completed=start, loss=np.nan, nfe=0)
-        while start < config.steps:
+        while start < config.steps and state["bad"] < patience:
             stop = min(start + chunk, config.steps)
             tic = time.perf_counter()
             params, opt_state, loss, nll, nsteps, ok = _train_chunk(
@@ -350,7 +444,6 @@ def fit_cnf(
                 adjoint,
             )
             loss, nll, nsteps, ok = (np.asarray(a)[: stop - start] for a in (loss, nll, nsteps, ok))
-            elapsed += time.perf_counter() - tic
             if not (np.all(np.isfinite(loss)) and bool(np.all(ok))):
                 bad = start + int(np.argmax(~np.isfinite(loss) | ~ok))
                 raise NumericalError(
@@ -358,22 +451,62 @@ def fit_cnf(
                     f"{config.max_steps}); try a smaller learning rate or more max_steps",
                     stage="cnf",
                 )
+            lr = _get_lr(opt_state)
+            val_nll = float("nan")
+            if len(x_val):
+                lp, _ = evaluate_log_prob(with_params(params), x_val, trace=val_trace, key=val_key)
+                val_nll = -float(np.mean(lp))
+                if val_nll < state["best_val"] - MIN_IMPROVEMENT:
+                    state["bad"], state["since_change"] = 0, 0
+                else:
+                    state["bad"] += 1
+                    state["since_change"] += 1
+                if val_nll < state["best_val"]:
+                    best, state["best_val"], state["best_step"] = params, val_nll, stop
+                if (
+                    state["since_change"] >= plateau
+                    and lr is not None
+                    and lr > lr_floor * (1 + 1e-6)
+                ):
+                    opt_state = _set_lr(opt_state, max(lr / 2, lr_floor))
+                    state["since_change"] = 0
+            else:
+                best, state["best_step"] = params, stop
+            elapsed += time.perf_counter() - tic
             record = {
                 "step": stop,
                 "loss": float(loss.mean()),
                 "nll": float(np.mean(nll)),
+                "val_nll": val_nll,
+                "lr": float("nan") if lr is None else lr,
                 "solver_steps": float(np.mean(nsteps)),
                 "seconds": elapsed,
             }
             history.append(record)
             start = stop
-            if folder is not None and start < config.steps:
-                meta = {"step": start, "fingerprint": fp, "history": history, "seconds": elapsed}
-                _save_checkpoint(folder, params, opt_state, meta)
+            if state["bad"] >= patience:
+                stopped = "converged"
+            if folder is not None and start < config.steps and state["bad"] < patience:
+                meta = {
+                    "step": start,
+                    "fingerprint": fp,
+                    "history": history,
+                    "seconds": elapsed,
+                    **state,
+                }
+                _save_checkpoint(folder, params, opt_state, best, meta)
             bar.update(task, completed=start, loss=record["loss"], nfe=record["solver_steps"])
             if callback is not None:
-                current = eqx.combine(params, static)
-                callback(start, record, eqx.tree_at(lambda m: m.field, model, current))
+                callback(start, record, with_params(params))
 
-    model = eqx.tree_at(lambda m: m.field, model, eqx.combine(params, static))
-    return FitResult(model, history, elapsed, resumed_from, config.steps)
+    return FitResult(
+        model=with_params(best),
+        history=history,
+        train_seconds=elapsed,
+        resumed_from=resumed_from,
+        steps=start,
+        best_step=int(state["best_step"]),
+        best_validation_nll=float(state["best_val"]),
+        stopped=stopped,
+        n_validation=len(x_val),
+    )
