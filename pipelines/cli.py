@@ -81,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     _discovery_args(a)
     a.add_argument("--cnf-data", default=None, help="also fit a CNF to this table")
     a.add_argument("--cnf-steps", type=int, default=None)
-    a.add_argument("--classify", choices=["digits"], default=None, help="also train a classifier")
+    a.add_argument(
+        "--classify",
+        choices=["digits", "shapes", "textures", "bars"],
+        default=None,
+        help="also train a classifier",
+    )
     a.add_argument("--classify-epochs", type=int, default=None)
 
     c = sub.add_parser("cnf", help="continuous normalising flow: density estimation")
@@ -89,16 +94,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--test", default=None, help="held-out data (default: a split of DATA)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--steps", type=int, default=None, help="training steps")
+    c.add_argument(
+        "--steps", type=int, default=None, help="most training steps (stops at convergence)"
+    )
 
     k = sub.add_parser("classify", help="neural-ODE classifier")
     src = k.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", choices=["digits"], help="a bundled data set")
+    src.add_argument(
+        "--dataset",
+        choices=["digits", "shapes", "textures", "bars"],
+        help="a bundled (digits) or generated (shapes, textures, bars) data set",
+    )
     src.add_argument("--data", help="training NPZ with `images` and `labels`")
     k.add_argument("--test", default=None, help="test NPZ (default: a stratified split)")
     k.add_argument("--out", required=True)
     k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--epochs", type=int, default=None)
+    k.add_argument("--epochs", type=int, default=None, help="most epochs (stops at convergence)")
 
     r = sub.add_parser("report", help="(re)render the review report of a run")
     r.add_argument("dir", help="a run folder, or with --index a folder of runs")

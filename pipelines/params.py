@@ -107,7 +107,7 @@ class CNFParams(_Params):
 class ClassifyParams(_Params):
     """One neural-ODE classifier run (`sciml classify`)."""
 
-    dataset: Literal["digits"] | None = None
+    dataset: Literal["digits", "shapes", "textures", "bars"] | None = None
     data: Path | None = None
     test: Path | None = None
     out: Path

@@ -345,9 +345,14 @@ def discovery_run(run: dict[str, Any]) -> dict[str, Any]:
 @task(name="cnf", **UNCACHED)
 def cnf(data: str, out: str, test: str | None, seed: int, steps: int | None) -> dict[str, Any]:
     """Fit a continuous normalising flow (`sciml.cnf.run_cnf`); returns its metrics."""
+    import pandas as pd
+
     from sciml.cnf import run_cnf
 
-    return _jsonable(run_cnf(data, out, test=test, seed=seed, steps=steps))
+    metrics = _jsonable(run_cnf(data, out, test=test, seed=seed, steps=steps))
+    curve = pd.read_csv(Path(out) / "history.csv").to_dict(orient="records")
+    _loss_curve_artifact(Path(out), "cnf", curve)
+    return metrics
 
 
 @task(name="classify", **UNCACHED)
@@ -362,8 +367,26 @@ def classify(
     """Train the neural-ODE classifier (`sciml.classify.run_classify`); returns its metrics."""
     from sciml.classify import run_classify
 
-    metrics = run_classify(dataset=dataset, data=data, test=test, out=out, seed=seed, epochs=epochs)
-    return _jsonable(metrics)
+    metrics = _jsonable(
+        run_classify(dataset=dataset, data=data, test=test, out=out, seed=seed, epochs=epochs)
+    )
+    history = metrics["history"]
+    curve = [
+        {"epoch": i + 1, **{k: v[i] for k, v in history.items()}}
+        for i in range(len(history["loss"]))
+    ]
+    _loss_curve_artifact(Path(out), "classify", curve)
+    return metrics
+
+
+def _loss_curve_artifact(out: Path, stage: str, rows: list[dict[str, Any]]) -> None:
+    """The training and validation curves of a CNF or classifier run as a table artifact."""
+    clean = [{k: (None if v != v else v) for k, v in row.items()} for row in rows]  # NaN: None
+    create_table_artifact(
+        clean,
+        key=f"{_artifact_key(out)}-{stage}-loss-curve",
+        description=f"{stage}: training and validation curves ({out})",
+    )
 
 
 def _jsonable(obj: Any) -> Any:
