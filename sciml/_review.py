@@ -335,6 +335,13 @@ def _copy(files: dict[str, Path]) -> Callable[[Path], None]:
     return write
 
 
+def _unreviewed(folder: Path) -> dict[str, Any]:
+    """A revision's `discovered.json` without its review block (status changes aside)."""
+    d = _read_json(folder / "discovered.json")
+    d.pop("review", None)
+    return d
+
+
 def _render(path: Path) -> Path | None:
     try:
         from .report import render_report
@@ -445,6 +452,11 @@ def review_run(
         numbers = _revision_numbers(path)
         if 0 not in numbers:  # the run as discovery left it
             _write_revision(path, 0, _copy({n: path / n for n in SNAPSHOT}))
+        elif before_rev == 0 and _unreviewed(path / REVISIONS / "0") != _unreviewed(path):
+            raise OutputDirError(
+                f"{path / REVISIONS}: holds the revisions of an earlier run in this folder; "
+                "move it away to review this run"
+            )
         result, predictions = _refit(run, chosen)
         number = max([before_rev, *numbers]) + 1
         before, after = _fit_summary(run.discovered), _fit_summary(result)

@@ -67,6 +67,16 @@ def test_bad_term_names_exit_2_naming_the_term_and_write_nothing(tmp_path, capsy
         Decision(reject=("xy",))
 
 
+def test_revisions_of_an_earlier_run_in_the_folder_are_not_mixed_in(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    old = run / "revisions" / "0"
+    old.mkdir(parents=True)
+    (old / "discovered.json").write_text(json.dumps({"equations": {"x": "x"}}))
+    assert main(["review", str(run), "--reject", "x:x*y"]) == 2
+    assert "earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in (run / "revisions").iterdir()) == ["0"]
+
+
 def test_choices_list_the_terms_and_the_candidates(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     choices = review_choices(run)
