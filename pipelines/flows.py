@@ -112,7 +112,9 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         report = tasks.report(str(out))
         tasks.publish_artifacts(str(out), report)
     reviewed: dict[str, Any] | None = None
-    if params.review:  # the folder's lock is released while a person decides
+    if params.review and not json.loads(Path(discovered).read_text()).get("terms"):
+        print("review: nothing was discovered, so there is nothing to review")
+    elif params.review:  # the folder's lock is released while a person decides
         reviewed = await_review(str(out), params.review_timeout)
         if reviewed.get("revision"):
             tasks.publish_artifacts(str(out), report)
@@ -188,12 +190,24 @@ def pipeline(params: PipelineParams) -> dict[str, Any]:
     return results
 
 
-def dask_runner(address: str | None, n_workers: int = 2) -> Any:
-    """An existing Dask cluster by scheduler address, or a local cluster of processes."""
+def dask_runner(
+    address: str | None,
+    n_workers: int = 2,
+    cluster_class: str | None = None,
+    cluster_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """An existing Dask cluster by scheduler address; a cluster of `cluster_class` (e.g.
+    `dask_jobqueue.SLURMCluster`, imported here and only here) started for the sweep; or a
+    local cluster of processes."""
     from prefect_dask import DaskTaskRunner
 
     if address:
         return DaskTaskRunner(address=address)
+    if cluster_class:
+        check_cluster_class(cluster_class)
+        return DaskTaskRunner(
+            cluster_class=cluster_class, cluster_kwargs=cluster_kwargs or {"n_workers": n_workers}
+        )
     return DaskTaskRunner(
         cluster_kwargs={
             "n_workers": n_workers,
@@ -202,6 +216,22 @@ def dask_runner(address: str | None, n_workers: int = 2) -> Any:
             "dashboard_address": None,
         }
     )
+
+
+def check_cluster_class(name: str) -> None:
+    """Raise `InputError` unless `name` (module.Class) can be imported."""
+    import importlib
+
+    from sciml import InputError
+
+    module, _, attr = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attr, None)
+    except ImportError as err:
+        extra = " (pip install 'sciml[hpc]')" if module.startswith("dask_jobqueue") else ""
+        raise InputError(f"cluster class {name}: cannot import {module}{extra}: {err}") from None
+    if not callable(found):
+        raise InputError(f"cluster class {name}: {module} has no class {attr!r}")
 
 
 @flow(name="discovery-sweep-runs", **FLOW_OPTIONS)
@@ -215,20 +245,30 @@ def _sweep_runs(params: SweepParams) -> list[dict[str, Any]]:
     failed = [(r["out"], s) for r, s in zip(runs, states) if not s.is_completed()]
     for out, state in failed:
         print(f"sweep: run {out} failed: {state.message}")
+    done = [f.result() for f, s in zip(futures, states) if s.is_completed()]
+    if done:
+        from sciml.report import render_index
+
+        print(f"sweep: index of the runs: {render_index(params.out)}")
     if failed:
         failed[0][1].result()  # raises the first failure's exception
-    return [f.result() for f in futures]
+    return done
 
 
 @flow(name="discovery-sweep", **FLOW_OPTIONS)
 def sweep(params: SweepParams) -> list[dict[str, Any]]:
     """Discovery over data files x model files x seeds, one task per run, on a Dask cluster.
 
-    `params.dask_address` names an existing cluster's scheduler (`tcp://host:8786`); without it a
-    local cluster of `params.n_workers` processes is started for the sweep and stopped after.
+    `params.dask_address` names an existing cluster's scheduler (`tcp://host:8786`);
+    `params.cluster_class` a cluster class started for the sweep (e.g.
+    `dask_jobqueue.SLURMCluster`, with `params.cluster_kwargs`); without either a local cluster
+    of `params.n_workers` processes is started for the sweep and stopped after. Each run writes
+    its report; the sweep writes `OUT/index.html` over them.
     """
     note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
-    runner = dask_runner(params.dask_address, params.n_workers)
+    runner = dask_runner(
+        params.dask_address, params.n_workers, params.cluster_class, params.cluster_kwargs
+    )
     return _sweep_runs.with_options(task_runner=runner)(params)
 
 

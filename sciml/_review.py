@@ -238,7 +238,8 @@ def _resolve(run: _Loaded, decision: Decision) -> dict[str, set[tuple[str, str]]
         for spec in getattr(decision, kind):
             state, text = split_spec(spec)
             if state not in model.states:
-                raise InputError(f"{kind} {spec!r}: no state {state!r} (states: {model.states})")
+                states = ", ".join(model.states)
+                raise InputError(f"{kind} {spec!r}: no state {state!r} (states: {states})")
             form = _form(_parse(text, model, where=f"{kind} {spec!r}"))
             k = (state, _key(form))
             current = sorted(t.key for t in run.terms if t.state == state and t.kept)

@@ -77,6 +77,16 @@ def test_revisions_of_an_earlier_run_in_the_folder_are_not_mixed_in(tmp_path, ca
     assert sorted(p.name for p in (run / "revisions").iterdir()) == ["0"]
 
 
+def test_data_changed_since_the_run_is_refused(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["inputs"]["data_sha256"] = "0" * 64  # what a flow run records
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["review", str(run), "--reject", "x:x*y"]) == 2
+    assert "data.csv: changed since the run" in capsys.readouterr().err
+    assert not (run / "revisions").exists()
+
+
 def test_choices_list_the_terms_and_the_candidates(tmp_path, capsys):
     run = write_run(tmp_path / "run")
     choices = review_choices(run)
