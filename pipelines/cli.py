@@ -1,8 +1,10 @@
 """The `sciml` command line (DESIGN §1).
 
-Exit codes: 0 success; 2 bad input (the message names the file, column, row or key); 1 anything
-else; 128 + N when stopped by signal N (143 for SIGTERM, 130 for SIGINT: the run's children are
-stopped, its flow runs marked Cancelled, its checkpoint kept; see `pipelines._signals`).
+Exit codes: 0 success; 2 bad input (the message names the file, column, row or key); 3 a
+numerical failure (one line naming the stage, the trajectory and what to try; the traceback in
+the run's `run.log`); 1 anything else; 128 + N when stopped by signal N (143 for SIGTERM, 130
+for SIGINT: the run's children are stopped, its flow runs marked Cancelled, its checkpoint kept;
+see `pipelines._signals`).
 
 Each command validates its input first (fast, before Prefect starts), then runs its Prefect flow:
 against the server at `PREFECT_API_URL` when set, else Prefect's embedded temporary API (SQLite).
@@ -192,11 +194,70 @@ def _discover_params(args: argparse.Namespace):
     )
 
 
+def _check_out(path: str | os.PathLike[str]) -> None:
+    """The output folder can be made and written (checked before Prefect starts; nothing is
+    created): not an existing file, no file on the way to it, writable, not held by a run."""
+    from sciml._errors import OutputDirError
+    from sciml._rundir import LOCK, pid_alive
+
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{path}: exists and is not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputDirError(f"{path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{path}: cannot write here ({parent} is not writable)")
+    try:
+        pid = int((path / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid and pid != os.getpid() and pid_alive(pid):
+        raise OutputDirError(f"{path}: another run (process {pid}) is writing into this folder")
+
+
+# Exceptions that end a command with its own one-line message (exit 2 or 3): Prefect's console
+# log of them (traceback, "Finished in state Failed(...)") would repeat it; run.log keeps it.
+_EXPECTED = ("InputError", "DataError", "ModelFileError", "OutputDirError", "NumericalError")
+
+
+class _NoExpectedFailures:
+    """A logging filter for the console: drops Prefect's records of an expected failure."""
+
+    def filter(self, record) -> bool:
+        from sciml import InputError, NumericalError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, InputError | NumericalError):
+            return False
+        text = record.getMessage() if record.name.startswith("prefect") else ""
+        if "Failed(" in text or "failed with exception" in text or "exception during" in text:
+            return not any(name in text for name in _EXPECTED)
+        return True
+
+
+def _quiet_expected_failures() -> None:
+    """Prefect's console handlers stop repeating the CLI's own message (after Prefect set up
+    its logging, which replaces handlers)."""
+    import logging
+
+    quiet = _NoExpectedFailures()
+    for lg in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in lg.handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(
+                isinstance(f, _NoExpectedFailures) for f in handler.filters
+            ):
+                handler.addFilter(quiet)
+
+
 def _validate_discovery(params) -> None:
     """Fail fast on bad input, before Prefect starts (it takes seconds)."""
     from pipelines.flows import discovery_config
     from sciml.discover import load_inputs
 
+    _check_out(params.out)
     discovery_config(params)
     load_inputs(params.data, params.model)
 
@@ -224,6 +285,7 @@ def _run(args: argparse.Namespace) -> None:
         _validate_discovery(params)
         from pipelines.flows import discover
 
+        _quiet_expected_failures()
         result = discover(params)
         _print_discovery(result)
     elif args.command == "pipeline":
@@ -231,6 +293,7 @@ def _run(args: argparse.Namespace) -> None:
         from pipelines.params import ClassifyParams, CNFParams, PipelineParams
 
         out = Path(args.out).resolve()
+        _check_out(out)
         args.out = str(out / "discover")
         discover_params = _discover_params(args)
         _validate_discovery(discover_params)
@@ -250,6 +313,7 @@ def _run(args: argparse.Namespace) -> None:
                 seed=args.seed,
             )
         params = PipelineParams(discover=discover_params, cnf=cnf_params, classify=classify_params)
+        _quiet_expected_failures()
         results = pipeline(params)
         _print_discovery(results["discover"])
         for stage in ("cnf", "classify"):
@@ -263,9 +327,11 @@ def _run(args: argparse.Namespace) -> None:
         )
         from sciml.cnf import prepare_tables
 
+        _check_out(params.out)
         prepare_tables(params.data, params.test, seed=params.seed)  # fail fast on bad data
         from pipelines.flows import cnf
 
+        _quiet_expected_failures()
         metrics = cnf(params)
         print(f"test NLL {metrics['test_nll']:.4f} nats; results in {args.out}")
     elif args.command == "classify":
@@ -279,8 +345,10 @@ def _run(args: argparse.Namespace) -> None:
             seed=args.seed,
             epochs=args.epochs,
         )
+        _check_out(params.out)
         from pipelines.flows import classify
 
+        _quiet_expected_failures()
         metrics = classify(params)
         print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {args.out}")
     elif args.command == "sweep":
@@ -302,11 +370,15 @@ def _run(args: argparse.Namespace) -> None:
             dask_address=args.dask_address,
             n_workers=args.workers,
         )
+        _check_out(params.out)
+        for run_params in params.runs():
+            _check_out(run_params.out)
         for data in params.data:
             for model in params.models:
                 load_inputs(data, model)
         from pipelines.flows import sweep
 
+        _quiet_expected_failures()
         for run in sweep(params):
             print(f"{run['out']}: {run['equations']}")
     elif args.command == "deploy":
@@ -408,13 +480,22 @@ def main(argv: Sequence[str] | None = None, *, handle_signals: bool | None = Non
 def _main(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from sciml import InputError
+    from sciml import InputError, NumericalError
 
     try:
         _run(args)
     except InputError as err:
         print(f"sciml {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except NumericalError as err:
+        from pipelines import _signals
+
+        if _signals.requested():
+            raise  # a failure caused by stopping: reported as the stop
+        log = _log_traceback(args, err)
+        where = f" (traceback in {log})" if log else ""
+        print(f"sciml {args.command}: numerical failure: {err}{where}", file=sys.stderr)
+        return 3
     except ValidationError as err:
         print(f"sciml {args.command}: error: {_pydantic_message(err)}", file=sys.stderr)
         return 2
@@ -431,6 +512,23 @@ def _main(args: argparse.Namespace) -> int:
             raise
         return 1
     return 0
+
+
+def _log_traceback(args: argparse.Namespace, err: BaseException) -> Path | None:
+    """Append the failure's traceback to the run's `run.log` (the console gets one line)."""
+    import traceback
+
+    out = getattr(args, "out", None)
+    if not out or not Path(out).is_dir():
+        return None
+    log = Path(out) / "run.log"
+    try:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"sciml {args.command}: numerical failure\n")
+            f.writelines(traceback.format_exception(err))
+    except OSError:
+        return None
+    return log
 
 
 def _stopped(args: argparse.Namespace, err: BaseException | None) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import keyword
+import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,18 @@ from ._model import _NAME, RESERVED
 
 MIN_POINTS = 3
 _MAX_ABS = 1e150  # beyond this, squares overflow float64: treated as corrupt input
+# Big inputs. A file above MAX_FILE_BYTES (CSV) or MAX_ROWS rows (Parquet) is refused before it
+# is read (reading it would take several times its size in memory). Below that, a data set of
+# more than MAX_POINTS points is thinned, with a logged note: each trajectory keeps at most
+# MAX_PER_TRAJECTORY evenly spaced samples (its first and last among them), and at most
+# MAX_TRAJECTORIES trajectories are kept (evenly spaced in the file's order).
+MAX_FILE_BYTES = 512 * 2**20
+MAX_ROWS = 10_000_000
+MAX_POINTS = 50_000
+MAX_PER_TRAJECTORY = 2_000
+MAX_TRAJECTORIES = 2_000
+
+log = logging.getLogger("sciml")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +102,24 @@ class TrajectorySet:
         scale = np.mean(np.abs(allys), axis=0)
         return np.where(scale > 1e-12, scale, 1.0)
 
+    def segments(self, horizon: float, min_points: int = 8) -> TrajectorySet:
+        """Each trajectory cut into consecutive pieces about `horizon` time units long (at
+        least `min_points` points each), for multiple shooting: each piece is integrated from
+        its own initial state, so that an error early on does not compound over the whole
+        series (oscillations, chaos, stiff transients)."""
+        pieces_out = []
+        for tr in self.trajectories:
+            span = tr.t1 - tr.t0
+            pieces = int(span / horizon) if horizon > 0 and math.isfinite(horizon) else 1
+            pieces = max(1, min(pieces, len(tr.t) // min_points))
+            if pieces == 1:
+                pieces_out.append(tr)
+                continue
+            cuts = np.searchsorted(tr.t, tr.t0 + span * np.arange(1, pieces) / pieces)
+            for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(tr.t)])):
+                pieces_out.append(Trajectory(f"{tr.name}[{k}]", tr.t[a:b], tr.y[a:b]))
+        return dataclasses.replace(self, trajectories=tuple(pieces_out))
+
     def split_time(self, fraction: float) -> tuple[TrajectorySet, TrajectorySet | None]:
         """Split each trajectory at `fraction` of its time span: (training, held-out)."""
         train, test = [], []
@@ -149,9 +181,23 @@ def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            rows = pq.ParquetFile(path).metadata.num_rows
+            if rows > MAX_ROWS:
+                raise DataError(
+                    f"{path}: {rows} rows is more than the {MAX_ROWS} this tool reads; keep"
+                    " fewer samples per trajectory (every k-th row) or a shorter time window"
+                )
             return pd.read_parquet(path)
         if path.stat().st_size == 0:
             raise DataError(f"{path}: file is empty")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise DataError(
+                f"{path}: {path.stat().st_size / 2**20:.0f} MiB is more than the"
+                f" {MAX_FILE_BYTES // 2**20} MiB this tool reads; keep fewer samples per"
+                " trajectory (every k-th row) or a shorter time window, or save it as Parquet"
+            )
         with path.open("rb") as fh:
             head = fh.read(4096)
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -301,11 +347,50 @@ def load_trajectories(
             raise DataError(f"{path}: column {trajectory!r}, row {row}: missing trajectory id")
     else:
         ids = np.full(len(df), "0", dtype=object)
-    order = list(dict.fromkeys(ids.tolist()))  # first appearance
+    codes, order = pd.factorize(ids)  # ids in order of first appearance
+    grouped = np.argsort(codes, kind="stable")
+    bounds = np.cumsum(np.bincount(codes, minlength=len(order)))[:-1]
     trajs = []
-    for name in order:
-        rows = np.flatnonzero(ids == name)
+    for name, rows in zip(order, np.split(grouped, bounds), strict=True):
         t = t_all[rows]
         _check_times(t, path, name, row_offset=1, rows=rows)
         trajs.append(Trajectory(str(name), t, y_all[rows]))
-    return TrajectorySet(tuple(states), tuple(trajs), str(path))
+    return thin(TrajectorySet(tuple(states), tuple(trajs), str(path)))
+
+
+def thin(data: TrajectorySet) -> TrajectorySet:
+    """`data` itself when it has at most `MAX_POINTS` points and no trajectory longer than
+    `MAX_PER_TRAJECTORY`; else thinned to fit (at most `MAX_TRAJECTORIES` trajectories, evenly
+    spaced samples of each, first and last kept), with a logged note saying what was kept."""
+    n_points, longest = data.n_points, max(len(tr.t) for tr in data.trajectories)
+    if n_points <= MAX_POINTS and longest <= MAX_PER_TRAJECTORY:
+        return data
+    trajs = data.trajectories
+    if len(trajs) > MAX_TRAJECTORIES:
+        keep = np.unique(np.linspace(0, len(trajs) - 1, MAX_TRAJECTORIES).round().astype(int))
+        trajs = tuple(trajs[i] for i in keep)
+    per = max(MIN_POINTS, min(MAX_PER_TRAJECTORY, MAX_POINTS // len(trajs)))
+    thinned = []
+    for tr in trajs:
+        if len(tr.t) > per:
+            idx = np.unique(np.linspace(0, len(tr.t) - 1, per).round().astype(int))
+            tr = Trajectory(tr.name, tr.t[idx], tr.y[idx])
+        thinned.append(tr)
+    out = dataclasses.replace(data, trajectories=tuple(thinned))
+    kept = f"{len(out)} of {len(data)} trajectories (evenly spaced in the file), " * (
+        len(out) < len(data)
+    )
+    log.warning(
+        "%s: %d points (longest trajectory %d) is more than this tool uses (%d in all, %d per "
+        "trajectory); using %d points: %sat most %d evenly spaced samples of each trajectory, "
+        "first and last kept. To choose other points, pass a shorter window or a subsample.",
+        data.source,
+        n_points,
+        longest,
+        MAX_POINTS,
+        MAX_PER_TRAJECTORY,
+        out.n_points,
+        kept,
+        per,
+    )
+    return out
