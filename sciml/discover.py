@@ -41,8 +41,9 @@ from ._ude import TrainedUDE, UDEConfig, train_ude
 
 log = logging.getLogger("sciml")
 
-RESULT_FILES = ("discovered.json", "equations.csv", "report.html")
+RESULT_FILES = ("discovered.json", "equations.csv", "report.html", "ensemble.csv")
 KNOWN_ENGINES = ("sindy", "operon", "pysr")
+MAX_ENSEMBLE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class DiscoveryConfig:
     holdout: float = 0.0  # fraction of each trajectory's span kept out of training
     extrapolate: float = 0.5  # simulate this fraction of the span past the data
     n_extra_starts: int = 4
+    ensemble: int = 0  # K > 0: also K UDEs in one program, each distilled (`_ensemble`)
     ude: UDEConfig = UDEConfig()
 
     @classmethod
@@ -66,15 +68,18 @@ class DiscoveryConfig:
         engines: Sequence[str] = KNOWN_ENGINES,
         quick: bool = False,
         holdout: float = 0.0,
+        ensemble: int = 0,
     ) -> DiscoveryConfig:
         if not 0.0 <= holdout < 0.9:
             raise InputError(f"holdout must be in [0, 0.9); got {holdout}")
+        if not 0 <= ensemble <= MAX_ENSEMBLE:
+            raise InputError(f"ensemble must be 0 (none) to {MAX_ENSEMBLE} members; got {ensemble}")
         engines = tuple(e.strip().lower() for e in engines)
         unknown = [e for e in engines if e not in KNOWN_ENGINES]
         if unknown or not engines:
             raise InputError(f"unknown engine(s) {unknown}; choose from {list(KNOWN_ENGINES)}")
         ude = UDEConfig().quick() if quick else UDEConfig()
-        return cls(seed=seed, engines=engines, ude=ude, holdout=holdout)
+        return cls(seed=seed, engines=engines, ude=ude, holdout=holdout, ensemble=ensemble)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -234,6 +239,62 @@ def selection_stage(
     )
 
 
+# Engines the ensemble's members are distilled with (PySR takes minutes per fit: main run only).
+ENSEMBLE_ENGINES = ("sindy", "operon")
+
+
+def ensemble_stage(
+    model: MechanisticModel,
+    fit: MechanisticFit,
+    data: TrajectorySet,
+    config: DiscoveryConfig,
+    progress: Callable[[str, int, int, float], None] | None = None,
+) -> dict[str, Any]:
+    """`config.ensemble` UDEs trained together in one compiled program (different keys and
+    bootstrap resamples of the points), each distilled by the run's engines (PySR aside) and
+    selection; returns each discovered term's inclusion frequency and coefficient interval
+    (`sciml._ensemble.summarise_ensemble`)."""
+    from ._ensemble import distil_members, summarise_ensemble, train_ensemble
+
+    smoothed = smooth(data)
+    ensemble = train_ensemble(
+        fit,
+        data,
+        config.ensemble,
+        key=jax.random.key(config.seed + 3),
+        config=config.ude,
+        smoothed=smoothed,
+        progress=progress,
+    )
+    engines = [e for e in config.engines if e in ENSEMBLE_ENGINES]
+
+    def candidates(dense: DenseSamples) -> pd.DataFrame:
+        parts = [symbolic_stage(dense, engine, config)[0] for engine in engines]
+        return pd.concat(parts, ignore_index=True)
+
+    def select(table: pd.DataFrame, resampled: TrajectorySet) -> Selection:
+        return select_and_refit(
+            model,
+            fit.params,
+            table,
+            resampled,
+            fit_initial_state=config.fit_initial_state,
+            smoothed=smoothed,  # the data's own (a resample repeats times: no spline)
+        )
+
+    members = distil_members(
+        ensemble,
+        data,
+        candidates=candidates,
+        select=select,
+        key=jax.random.key(config.seed + 4),
+        n_extra_starts=config.n_extra_starts,
+        smoothed=smoothed,
+        log=log.info,
+    )
+    return {**summarise_ensemble(members), "engines": engines, "steps": ensemble.steps}
+
+
 def _horizon(data: TrajectorySet, test: TrajectorySet | None, extrapolate: float, n: int = 300):
     grids = []
     for tr in data.trajectories:
@@ -323,8 +384,10 @@ def summarise(
     metrics: dict[str, Any],
     config: DiscoveryConfig,
     unavailable: dict[str, str],
+    ensemble: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of `discovered.json` (DESIGN §4), deterministic for a given seed."""
+    """The content of `discovered.json` (DESIGN §4), deterministic for a given seed; with an
+    `ensemble` summary (`ensemble_stage`), each discovered term's frequency and interval."""
     result: dict[str, Any] = {
         "parameters": fit.parameter_dict,
         "equations": model.inlined(fit.params),
@@ -376,6 +439,11 @@ def summarise(
             **{k: v for k, v in chosen.items() if k != "row"},
             "final": str(formula),
         }
+    if ensemble is not None:
+        from ._ensemble import annotate_terms
+
+        result["terms"] = annotate_terms(terms, ensemble)
+        result["ensemble"] = ensemble
     result["pruned"] = selection.pruned
     result["refit"] = {
         "sse": refit.sse,
@@ -422,6 +490,11 @@ def write_outputs(
     if len(table):
         with atomic_path(out / "equations.csv") as tmp:
             pareto_csv(table, selection).to_csv(tmp, index=False)
+    if "ensemble" in result:
+        from ._ensemble import ensemble_table
+
+        with atomic_path(out / "ensemble.csv") as tmp:
+            ensemble_table(result["ensemble"]).to_csv(tmp, index=False)
     write_json(out / "run.json", {"timings": timings, "versions": versions()})
     write_json(out / "discovered.json", result)
 
@@ -464,10 +537,14 @@ def run_discovery(
     engines: Sequence[str] = KNOWN_ENGINES,
     quick: bool = False,
     holdout: float = 0.0,
+    ensemble: int = 0,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every discovery stage and write DESIGN §4's outputs into `out`."""
-    config = DiscoveryConfig.make(seed=seed, engines=engines, quick=quick, holdout=holdout)
+    """Run every discovery stage and write DESIGN §4's outputs into `out`; with `ensemble` K,
+    also K UDEs in one program, each distilled (`ensemble.csv`, `discovered.json`)."""
+    config = DiscoveryConfig.make(
+        seed=seed, engines=engines, quick=quick, holdout=holdout, ensemble=ensemble
+    )
     model, data = load_inputs(data_path, model_path)  # bad input fails before any folder work
     with run_directory(out, clear=RESULT_FILES) as out:
         handler = _attach_log(out)
@@ -537,9 +614,12 @@ def _run(
         if len(table):
             selection = timed("selection", selection_stage, model, fit, table, train, config)
             log.info("final equations: %s", selection.equations())
+    ensemble = None
+    if selection is not None and config.ensemble:
+        ensemble = timed("ensemble", ensemble_stage, model, fit, train, config)
     metrics, predictions = timed(
         "evaluation", evaluation_stage, model, fit, trained, selection, train, test, config
     )
-    result = summarise(model, fit, selection, metrics, config, unavailable)
+    result = summarise(model, fit, selection, metrics, config, unavailable, ensemble)
     write_outputs(out, result, table, selection, predictions, timings)
     return {**result, "out": str(out), "timings": timings}

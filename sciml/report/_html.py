@@ -298,6 +298,53 @@ def _coefficients_table(run: Run) -> str:
     )
 
 
+def _ensemble_section(run: Run) -> str:
+    """Each term any ensemble member kept: how often, and its coefficient's spread."""
+    ens = run.discovered.get("ensemble")
+    if not isinstance(ens, dict) or not ens.get("terms"):
+        return ""
+    final = {
+        (str(t.get("state")), str(t.get("term")))
+        for t in run.discovered.get("terms") or []
+        if t.get("kept") and t.get("origin") == "discovered"
+    }
+    rows = []
+    for t in ens["terms"]:
+        state, text = str(t.get("state")), str(t.get("term"))
+        expr = parse(text, list(run.states) + _inner(t), where="ensemble.terms")
+        lo, hi = (t.get("interval") or [None, None])[:2]
+        freq = t.get("frequency")
+        rows.append(
+            (
+                _e(state),
+                mathml(expr, text=text),
+                f"{freq:.0%}" if isinstance(freq, int | float) else "—",
+                _fmt(t.get("median"), 4),
+                f"[{_fmt(lo, 4)}, {_fmt(hi, 4)}]",
+                _fmt((state, text) in final),
+            )
+        )
+    failed = ens.get("failed") or []
+    note = (
+        f" {len(failed)} member(s) could not be distilled: {_e('; '.join(failed))}."
+        if failed
+        else ""
+    )
+    level = ens.get("level", 0.9)
+    return (
+        f'<h3>Ensemble of {_e(ens.get("members"))} UDEs</h3><p class="muted">UDEs trained '
+        "together in one compiled program, each from its own seed and bootstrap resample of the "
+        "data, each distilled and refit to its resample. Frequency: the share of members whose "
+        f"final model keeps the term; interval: the central {level:.0%} of its coefficient over "
+        f"those members.{note}</p>"
+        + _table(
+            ["state", "term", "frequency", "median", f"{level:.0%} interval", "in final model"],
+            rows,
+            num=[2, 3, 4],
+        )
+    )
+
+
 def _inner(term: dict) -> list[str]:
     """Names of refit inner constants (`k_<state>_<k>_<j>`) in a term's text."""
     return sorted(set(re.findall(r"\bk_\w+", str(term.get("term", "")))))
@@ -515,6 +562,7 @@ def report_html(run: Run) -> str:
         + _review_section(run)
         + NAV
         + _equations_section(run)
+        + _ensemble_section(run)
         + _fit_section(run)
         + _residual_section(run)
         + _pareto_section(run)
