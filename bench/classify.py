@@ -45,10 +45,11 @@ def _source(name: str, root: Path, n_train: int, n_test: int, seed: int) -> dict
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-train", type=int, default=2000, help="generated training images")
-    p.add_argument("--n-test", type=int, default=1000, help="generated test images")
+    p.add_argument("--n-train", type=int, default=1500, help="generated training images")
+    p.add_argument("--n-test", type=int, default=600, help="generated test images")
     p.add_argument("--epochs", type=int, default=None, help="cap on epochs (default: config)")
     p.add_argument("--only", default=None, help="comma-separated data sets")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds of training per run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write the results here")
@@ -73,6 +74,7 @@ def main() -> None:
                     epochs=args.epochs,
                     config=config,
                     progress=False,
+                    time_limit=args.time_limit,
                 )
                 result[label] = m
                 print(

@@ -46,7 +46,7 @@ def _write(path: Path, x: np.ndarray) -> Path:
     return path
 
 
-def one_target(name, draw, logpdf, root: Path, *, n_train, n_test, seed, config):
+def one_target(name, draw, logpdf, root: Path, *, n_train, n_test, seed, config, time_limit):
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     x_train, x_test = draw(n_train, rng), draw(n_test, rng)
     # The CSV rounding is far below the mode width; the truth is scored on the rounded points.
@@ -56,7 +56,15 @@ def one_target(name, draw, logpdf, root: Path, *, n_train, n_test, seed, config)
     test = _write(folder / "test.csv", x_test)
     x_test = pd.read_csv(test).to_numpy()
     true_nll = -float(np.mean(logpdf(x_test)))
-    m = run_cnf(train, folder / "run", test=test, seed=seed, config=config, progress=False)
+    m = run_cnf(
+        train,
+        folder / "run",
+        test=test,
+        seed=seed,
+        config=config,
+        progress=False,
+        time_limit=time_limit,
+    )
     return {"name": name, "true_nll": true_nll, **m}
 
 
@@ -89,6 +97,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", default=None, help="comma-separated target names")
     p.add_argument("--max-steps", type=int, default=None, help="cap on training steps")
+    p.add_argument(
+        "--time-limit", type=float, default=None, help="seconds of training per target (cap)"
+    )
     p.add_argument("--rnode", action="store_true", help="also compare RNODE solver steps")
     p.add_argument("--out", default=None, help="keep runs (plots, curves) here")
     p.add_argument("--json", default=None, help="write the results here")
@@ -106,7 +117,8 @@ def main() -> None:
         f"{config.batch_size}, lr {config.learning_rate}, at most {config.steps} steps, "
         f"patience {config.patience} checks of {config.checkpoint_every} steps"
     )
-    print(f"data: {n_train} train / {n_test} test samples per target\n")
+    limit = "none" if args.time_limit is None else f"{args.time_limit:.0f} s"
+    print(f"data: {n_train} train / {n_test} test samples per target; time limit {limit}\n")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out) if args.out else Path(tmp)
@@ -121,6 +133,7 @@ def main() -> None:
                 n_test=n_test,
                 seed=args.seed,
                 config=config,
+                time_limit=args.time_limit,
             )
             rows.append(r)
             gap = r["test_nll"] - r["true_nll"]

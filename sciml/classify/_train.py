@@ -228,7 +228,8 @@ class Checkpoint:
 class FitResult:
     """The kept model (best validation epoch) and how training went.
 
-    `stopped`: `"converged"` (validation stopped improving) or `"epoch limit"`.
+    `stopped`: `"converged"` (validation stopped improving), `"epoch limit"` or
+    `"time limit"`.
     """
 
     model: AbstractClassifier
@@ -306,6 +307,7 @@ def fit(
     checkpoint: Checkpoint | None = None,
     callback: EpochCallback | None = None,
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> FitResult:
     """Train with mini-batches until the validation accuracy stops improving.
 
@@ -317,7 +319,8 @@ def fit(
     only, never used to choose anything. A checkpoint is written after each epoch and
     `callback(epoch, record)` is called; a matching checkpoint is resumed from. `shift` > 0
     augments images with random translations (see `random_shift`). The last partial batch
-    of each epoch is dropped.
+    of each epoch is dropped. `time_limit`: no new epoch starts after this many seconds of
+    training (`stopped` is then `"time limit"`; for benchmarks on a budget).
     """
     from rich.console import Console
     from rich.progress import (
@@ -366,7 +369,11 @@ def fit(
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
         task = bar.add_task("epoch", total=epochs * per_epoch, completed=start_epoch * per_epoch)
         epoch = start_epoch
+        timed_out = False
         while epoch < epochs and not (validate and track["bad"] >= patience):
+            if time_limit is not None and seconds >= time_limit:
+                timed_out = True
+                break
             t0 = time.perf_counter()
             order = epoch_order(n, seed, epoch)
             rng = np.random.default_rng([seed, epoch, 1])
@@ -435,4 +442,6 @@ def fit(
             if callback is not None:
                 callback(epoch, record)
     stopped = "converged" if validate and track["bad"] >= patience else "epoch limit"
+    if timed_out:
+        stopped = "time limit"
     return FitResult(best_model, history, seconds, start_epoch, int(track["best_epoch"]), stopped)

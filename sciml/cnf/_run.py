@@ -105,6 +105,7 @@ def run_cnf(
     plots: bool = True,
     callback: Callable[[int, dict[str, float], CNF], None] | None = None,
     progress: bool | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
     """Fit a CNF to DATA and write its evaluation into `out`.
 
@@ -122,6 +123,7 @@ def run_cnf(
       raise to stop (the checkpoint in `out` is resumed by the next call with the same
       arguments).
     - `progress`: rich progress bar (default: when stderr is a terminal).
+    - `time_limit`: seconds of training after which the best check so far is kept.
 
     **Writes** `metrics.json`, `model.eqx` + `model.json`, `samples.csv`, `history.csv` (the
     loss curves: training loss and NLL, validation NLL, learning rate per check),
@@ -155,6 +157,7 @@ def run_cnf(
         checkpoint_dir=out,
         callback=callback,
         progress=progress,
+        time_limit=time_limit,
     )
     model = fit.model
 

@@ -52,6 +52,8 @@ class CNFConfig:
       `checkpoint_every` steps; the parameters of the best check are kept.
     - `validation_fraction`: share of the training rows held back for those checks (at most
       `MAX_VALIDATION_ROWS`); 0: no validation, train for exactly `steps` and keep the last.
+    - `ema`: decay of the exponential moving average of the parameters that is validated and
+      returned (0: the raw parameters); it removes most of the step-to-step noise of the NLL.
     - `batch_size`, `learning_rate`: clipped Adam at `learning_rate` after a linear warm-up;
       the rate is halved whenever the validation NLL has not improved for `patience // 2`
       checks (down to `learning_rate / 64`). No schedule length to tune: the data decide.
@@ -70,6 +72,7 @@ class CNFConfig:
     learning_rate: float = 3e-3
     patience: int = 10
     validation_fraction: float = 0.1
+    ema: float = 0.99
     trace: str = "auto"
     kinetic: float = 0.0
     jacobian: float = 0.0
@@ -85,6 +88,8 @@ class CNFConfig:
             for name in ("width", "depth", "steps", "batch_size", "patience", "checkpoint_every")
             if int(getattr(self, name)) < 1
         ]
+        if not 0 <= self.ema < 1:
+            problems.append("ema must lie in [0, 1)")
         if not 0 <= self.validation_fraction < 1:
             problems.append("validation_fraction must lie in [0, 1)")
         if not self.learning_rate > 0:
@@ -114,6 +119,7 @@ class _Settings:
     dt: float | None
     max_steps: int
     batch_size: int
+    ema: float
 
 
 @functools.lru_cache(maxsize=16)
@@ -210,6 +216,7 @@ def batch_indices(key: PRNGKeyArray, step: Int[Array, ""], n: int, size: int) ->
 @eqx.filter_jit
 def _train_chunk(
     params,
+    ema,
     static,
     opt_state,
     data: Float[Array, "n d"],
@@ -230,20 +237,28 @@ def _train_chunk(
     )
 
     def body(carry, step):
-        params, opt_state = carry
+        params, opt_state, ema = carry
         idx = batch_indices(data_key, step, data.shape[0], settings.batch_size)
         (loss, (nll, nsteps, ok)), grads = grad_fn(params, data[idx], jr.fold_in(noise_key, step))
         updates, new_state = optim.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
+        # The average warms up (decay (1 + step) / (10 + step) early on) so that it does not
+        # drag the initial parameters along.
+        decay = jnp.minimum(settings.ema, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+        new_ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, new_params)
         # Steps past `total` pad the last chunk (one compilation for every chunk): no-ops.
         keep = step < total
-        params, opt_state = jax.tree.map(
-            lambda new, old: jnp.where(keep, new, old), (new_params, new_state), (params, opt_state)
+        params, opt_state, ema = jax.tree.map(
+            lambda new, old: jnp.where(keep, new, old),
+            (new_params, new_state, new_ema),
+            (params, opt_state, ema),
         )
-        return (params, opt_state), (loss, nll, nsteps, ok | ~keep)
+        return (params, opt_state, ema), (loss, nll, nsteps, ok | ~keep)
 
-    (params, opt_state), (loss, nll, nsteps, ok) = jax.lax.scan(body, (params, opt_state), steps)
-    return params, opt_state, loss, nll, nsteps, ok
+    (params, opt_state, ema), (loss, nll, nsteps, ok) = jax.lax.scan(
+        body, (params, opt_state, ema), steps
+    )
+    return params, ema, opt_state, loss, nll, nsteps, ok
 
 
 @dataclasses.dataclass
@@ -252,7 +267,8 @@ class FitResult:
 
     `history` holds one record per chunk: mean training loss and NLL, the validation NLL
     (data units; NaN without validation), learning rate, solver steps and seconds so far.
-    `stopped` is `"converged"` (validation stopped improving) or `"step limit"`.
+    `stopped` is `"converged"` (validation stopped improving), `"step limit"` or
+    `"time limit"`.
     """
 
     model: CNF
@@ -279,11 +295,12 @@ def fingerprint(
     return h.hexdigest()
 
 
-def _save_checkpoint(folder: Path, params, opt_state, best, meta: dict[str, Any]) -> None:
+def _save_checkpoint(folder: Path, params, ema, opt_state, best, meta: dict[str, Any]) -> None:
     # The step lives inside the leaves file too, so that a crash between the two writes cannot
     # pair new weights with an old step count.
+    leaves = (params, ema, opt_state, best, jnp.asarray(meta["step"]))
     with atomic_path(folder / CHECKPOINT) as tmp:
-        eqx.tree_serialise_leaves(tmp, (params, opt_state, best, jnp.asarray(meta["step"])))
+        eqx.tree_serialise_leaves(tmp, leaves)
     write_json(folder / CHECKPOINT_META, meta)
 
 
@@ -295,13 +312,13 @@ def _load_checkpoint(folder: Path, params, opt_state, fp: str):
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") != fp:
             return None
-        like = (params, opt_state, params, jnp.asarray(0))
-        params, opt_state, best, step = eqx.tree_deserialise_leaves(leaves_path, like)
+        like = (params, params, opt_state, params, jnp.asarray(0))
+        params, ema, opt_state, best, step = eqx.tree_deserialise_leaves(leaves_path, like)
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored, not fatal
         return None
     if int(step) != int(meta["step"]):
         return None
-    return params, opt_state, best, meta
+    return params, ema, opt_state, best, meta
 
 
 def remove_checkpoint(folder: str | Path) -> None:
@@ -343,6 +360,7 @@ def fit_cnf(
     checkpoint_dir: str | Path | None = None,
     callback: Callable[[int, dict[str, float], CNF], None] | None = None,
     progress: bool | None = None,
+    time_limit: float | None = None,
 ) -> FitResult:
     """Fit a CNF to the rows of `x` (N, D) by maximum likelihood, until it converges.
 
@@ -365,9 +383,11 @@ def fit_cnf(
       resume from one with the same fingerprint (config, data, seed, solver, adjoint). A custom
       `optim` is not fingerprinted: resume with the same one.
     - `callback(step, record, model)`: called after each chunk (record: loss, nll, val_nll,
-      lr, solver steps; model: the CNF so far); it may raise to stop training (the last
-      checkpoint stays).
+      lr, solver steps; model: the CNF so far, averaged parameters); it may raise to stop
+      training (the last checkpoint stays).
     - `progress`: rich progress bar (default: when stderr is a terminal).
+    - `time_limit`: stop (keeping the best check) once training has taken this many seconds
+      (`stopped` is then `"time limit"`); for benchmarks on a budget.
 
     **Raises** `NumericalError` when the loss becomes non-finite or a solve fails.
     """
@@ -392,6 +412,7 @@ def fit_cnf(
         dt=None if config.dt is None else float(config.dt),
         max_steps=int(config.max_steps),
         batch_size=int(config.batch_size),
+        ema=float(config.ema),
     )
     model = init_cnf(x_fit, config, key=init_key)
     data = model.standardise(jnp.asarray(x_fit, jnp.float32))
@@ -405,14 +426,14 @@ def fit_cnf(
     def with_params(p) -> CNF:
         return eqx.tree_at(lambda m: m.field, model, eqx.combine(p, static))
 
-    best = params
+    best = ema = params
     state = {"best_val": float("inf"), "best_step": 0, "bad": 0, "since_change": 0}
     start, history, elapsed = 0, [], 0.0
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if folder is not None:
         loaded = _load_checkpoint(folder, params, opt_state, fp)
         if loaded is not None:
-            params, opt_state, best, meta = loaded
+            params, ema, opt_state, best, meta = loaded
             start, history, elapsed = int(meta["step"]), list(meta["history"]), meta["seconds"]
             state = {k: meta[k] for k in state}
             if state["best_val"] is None:  # JSON keeps infinity as null
@@ -428,10 +449,14 @@ def fit_cnf(
     with _progress(progress) as bar:
         task = bar.add_task("train", total=config.steps, completed=start, loss=np.nan, nfe=0)
         while start < config.steps and state["bad"] < patience:
+            if time_limit is not None and elapsed >= time_limit:
+                stopped = "time limit"
+                break
             stop = min(start + chunk, config.steps)
             tic = time.perf_counter()
-            params, opt_state, loss, nll, nsteps, ok = _train_chunk(
+            params, ema, opt_state, loss, nll, nsteps, ok = _train_chunk(
                 params,
+                ema,
                 static,
                 opt_state,
                 data,
@@ -454,7 +479,7 @@ def fit_cnf(
             lr = _get_lr(opt_state)
             val_nll = float("nan")
             if len(x_val):
-                lp, _ = evaluate_log_prob(with_params(params), x_val, trace=val_trace, key=val_key)
+                lp, _ = evaluate_log_prob(with_params(ema), x_val, trace=val_trace, key=val_key)
                 val_nll = -float(np.mean(lp))
                 if val_nll < state["best_val"] - MIN_IMPROVEMENT:
                     state["bad"], state["since_change"] = 0, 0
@@ -462,7 +487,7 @@ def fit_cnf(
                     state["bad"] += 1
                     state["since_change"] += 1
                 if val_nll < state["best_val"]:
-                    best, state["best_val"], state["best_step"] = params, val_nll, stop
+                    best, state["best_val"], state["best_step"] = ema, val_nll, stop
                 if (
                     state["since_change"] >= plateau
                     and lr is not None
@@ -471,7 +496,7 @@ def fit_cnf(
                     opt_state = _set_lr(opt_state, max(lr / 2, lr_floor))
                     state["since_change"] = 0
             else:
-                best, state["best_step"] = params, stop
+                best, state["best_step"] = ema, stop
             elapsed += time.perf_counter() - tic
             record = {
                 "step": stop,
@@ -494,10 +519,10 @@ def fit_cnf(
                     "seconds": elapsed,
                     **state,
                 }
-                _save_checkpoint(folder, params, opt_state, best, meta)
+                _save_checkpoint(folder, params, ema, opt_state, best, meta)
             bar.update(task, completed=start, loss=record["loss"], nfe=record["solver_steps"])
             if callback is not None:
-                callback(start, record, with_params(params))
+                callback(start, record, with_params(ema))
 
     return FitResult(
         model=with_params(best),
