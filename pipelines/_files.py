@@ -1,27 +1,21 @@
-"""Task results as files: content hashes, cache keys, and the few (de)serialisers the library
-does not have yet (a mechanistic fit as JSON, a candidate table as Parquet).
+"""Task results as files: content hashes and the few (de)serialisers the library does not have
+yet (a mechanistic fit as JSON, a candidate table as Parquet).
 
 Prefect's own result records are JSON (`result_serializer="json"`) and hold only paths and small
 values; the science lives in Parquet, JSON and equinox files under the results folder, in one
-folder per task and cache key: `RESULTS/<task>-<key>/`.
+folder per task and cache key: `RESULTS/<task>-<key>/` (`pipelines._cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-RECORDS = ".prefect"  # Prefect's result records (JSON), one file per cache key
-
-# Settings that do not change a stage's result: left out of its cache key.
-_NOT_IN_KEY = {"engines"}
-_NOT_IN_STAGE_KEY = {"mechanistic-fit": {"ude"}}
 
 
 def file_digest(path: str | Path) -> str:
@@ -30,52 +24,6 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def stage_key(name: str, inputs: Mapping[str, Any], config: Mapping[str, Any], **extra: Any) -> str:
-    """`<name>-<hash>` of the library version, the input files' contents and the settings."""
-    import sciml
-
-    payload = {
-        "stage": name,
-        "sciml": sciml.__version__,
-        "data": inputs["data_sha256"],
-        "model": inputs["model_sha256"],
-        "config": {
-            k: v
-            for k, v in config.items()
-            if k not in _NOT_IN_KEY | _NOT_IN_STAGE_KEY.get(name, set())
-        },
-        "extra": extra,
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
-
-
-def stage_dir(results: str | Path, name: str, inputs, config, **extra: Any) -> Path:
-    return Path(results) / stage_key(name, inputs, config, **extra)
-
-
-def cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect `cache_key_fn` for a stage task `(inputs, ..., config, results, [engine])`.
-
-    A stage's files live in `RESULTS/<key>/`; when that folder is gone (results deleted by
-    hand), the stale record is dropped so that the task runs again rather than returning a
-    path to nothing.
-    """
-    name = context.task.name
-    extra: dict[str, Any] = {}
-    if "engine" in parameters:
-        extra["engine"] = parameters["engine"]
-    if "engines" in parameters:  # the selection: which engines gave candidates
-        extra["engines"] = [
-            (e["engine"], e["candidates"] is not None) for e in parameters["engines"]
-        ]
-    key = stage_key(name, parameters["inputs"], parameters["config"], **extra)
-    results = Path(parameters["results"])
-    if not (results / key).is_dir():
-        (results / RECORDS / key).unlink(missing_ok=True)
-    return key
 
 
 # -- serialisers (to move into sciml: see docs/orchestration.md) --------------------------------

@@ -2,9 +2,10 @@
 
 Every task returns a path or a small JSON value (Prefect records it with the JSON serialiser);
 the science is in Parquet, JSON and equinox files under the run's results folder. The expensive
-stages are cached on the library version, the input files' contents and the settings
-(`_store.cache_key`): a re-run with the same inputs skips UDE training, a changed setting or a
-new library version trains again. Retries are for I/O only, never for bad input.
+stages use Prefect's cache (`pipelines._cache`): keyed on the input files' contents, the
+settings, the library's source and the task's own; SERIALIZABLE, so two runs sharing a results
+folder compute a stage once. A re-run with the same inputs skips UDE training; a changed setting
+or an edit of the library trains again. Retries are for I/O only, never for bad input.
 """
 
 from __future__ import annotations
@@ -20,16 +21,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ._store import (
-    RECORDS,
-    cache_key,
-    file_digest,
-    load_candidates,
-    load_fit,
-    save_candidates,
-    save_fit,
-    stage_dir,
-)
+from ._cache import RECORDS, stage_dir, stage_policy
+from ._files import file_digest, load_candidates, load_fit, save_candidates, save_fit
 
 
 def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -49,23 +42,41 @@ def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
 
 IO = {"retries": 2, "retry_delay_seconds": [1, 5], "retry_condition_fn": _retry_io}
 JSON = {"persist_result": True, "result_serializer": "json"}
-CACHED = {**JSON, "cache_key_fn": cache_key}
+CACHED = JSON  # the cache policy comes with the results folder: `in_results`
 UNCACHED = {**JSON, "cache_policy": NO_CACHE}
 
 
 def in_results(t: Any, results: str | Path) -> Any:
-    """The task with its result records kept beside the results (`RESULTS/.prefect/`)."""
-    return t.with_options(result_storage=Path(results).resolve() / RECORDS)
+    """The stage task cached in the results folder: Prefect's records in `RESULTS/.prefect/`,
+    locks in `RESULTS/.locks/` (`pipelines._cache.stage_policy`).
+
+    A record whose files were deleted by hand is recomputed (`refresh_cache`) rather than
+    returning a path to nothing.
+    """
+    results = Path(results).resolve()
+    cached = t.with_options(result_storage=results / RECORDS, cache_policy=stage_policy(results))
+
+    def run(*args: Any) -> Any:
+        value = cached(*args)
+        if _gone(value):
+            value = cached.with_options(refresh_cache=True)(*args)
+        return value
+
+    return run
+
+
+def _gone(value: Any) -> bool:
+    """A stage's result names a file or folder that no longer exists."""
+    if isinstance(value, dict):
+        value = value.get("candidates")
+    return isinstance(value, str) and not Path(value).exists()
 
 
 # -- helpers shared by tasks -------------------------------------------------------------------
 def _config(config: dict[str, Any]) -> Any:
-    from sciml._ude import UDEConfig
     from sciml.discover import DiscoveryConfig
 
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k != "ude"}
-    ude = {k: tuple(v) if isinstance(v, list) else v for k, v in config["ude"].items()}
-    return DiscoveryConfig(**fields, ude=UDEConfig(**ude))
+    return DiscoveryConfig.from_dict(config)
 
 
 def _inputs(inputs: dict[str, Any], config: Any) -> tuple[Any, Any, Any]:
@@ -113,7 +124,7 @@ def mechanistic_fit(inputs: dict[str, Any], config: dict[str, Any], results: str
     model, train, _ = _inputs(inputs, cfg)
     fit = mechanistic_stage(model, train, cfg)
     print(f"mechanistic fit: {fit.parameter_dict} (cost {fit.cost:.4g})")
-    folder = _fresh(stage_dir(results, "mechanistic-fit", inputs, config))
+    folder = _fresh(stage_dir(results, "mechanistic-fit"))
     save_fit(fit, folder / "fit.json")
     return str(folder / "fit.json")
 
@@ -135,7 +146,7 @@ def ude_training(inputs: dict[str, Any], fit: str, config: dict[str, Any], resul
 
     cfg = _config(config)
     model, train, _ = _inputs(inputs, cfg)
-    target = stage_dir(results, "ude-training", inputs, config)
+    target = stage_dir(results, "ude-training")
     checkpoint = Path(results) / "checkpoints" / Path(target).name / "ude"  # survives a kill
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     trained = ude_stage(load_fit(fit, model), train, cfg, progress=progress, checkpoint=checkpoint)
@@ -154,7 +165,7 @@ def dense_sampling(inputs: dict[str, Any], ude: str, config: dict[str, Any], res
     cfg = _config(config)
     model, train, _ = _inputs(inputs, cfg)
     dense = dense_stage(load_ude(ude, model, train), train, cfg)
-    folder = _fresh(stage_dir(results, "dense-sampling", inputs, config))
+    folder = _fresh(stage_dir(results, "dense-sampling"))
     dense.to_frame().to_parquet(folder / "dense.parquet", index=False)
     return str(folder / "dense.parquet")
 
@@ -173,7 +184,7 @@ def symbolic_regression(
         pd.read_parquet(dense), inputs["states"], inputs["residual_states"]
     )
     table, reason = symbolic_stage(samples, engine, _config(config))
-    folder = _fresh(stage_dir(results, "symbolic-regression", inputs, config, engine=engine))
+    folder = _fresh(stage_dir(results, f"symbolic-regression-{engine}"))
     if reason is not None:
         print(f"engine {engine} unavailable: {reason}")
         return {"engine": engine, "candidates": None, "unavailable": reason}
@@ -191,9 +202,11 @@ def selection_and_refit(
     config: dict[str, Any],
     results: str,
     timings: dict[str, float],
+    ensemble: str | None = None,
 ) -> str:
     """Choose and refit the formulas, evaluate every model: DESIGN §4's files, in a results
-    folder (copied into the run's folder by `write_results`)."""
+    folder (copied into the run's folder by `write_results`); with an `ensemble` summary
+    (`ensemble_distillation`), each discovered term's frequency and interval too."""
     from sciml._ude import load_ude
     from sciml.discover import evaluation_stage, selection_stage, summarise, write_outputs
 
@@ -205,31 +218,54 @@ def selection_and_refit(
     selection = selection_stage(model, mech, table, train, cfg) if len(table) else None
     metrics, predictions = evaluation_stage(model, mech, trained, selection, train, test, cfg)
     unavailable = {e["engine"]: e["unavailable"] for e in engines if e["unavailable"]}
-    result = summarise(model, mech, selection, metrics, cfg, unavailable)
-    folder = _fresh(
-        stage_dir(
-            results,
-            "selection-and-refit",
-            inputs,
-            config,
-            engines=[(e["engine"], e["candidates"] is not None) for e in engines],
-        )
-    )
+    summary = json.loads(Path(ensemble).read_text()) if ensemble and selection else None
+    result = summarise(model, mech, selection, metrics, cfg, unavailable, summary)
+    folder = _fresh(stage_dir(results, "selection-and-refit"))
     write_outputs(folder, result, table, selection, predictions, timings)
     print(f"equations: {result['equations']}")
     return str(folder)
 
 
-OUTPUT_FILES = ("predictions.parquet", "equations.csv", "run.json", "discovered.json")
+@task(name="ensemble-distillation", **CACHED)
+def ensemble_distillation(
+    inputs: dict[str, Any], fit: str, engines: list[str], config: dict[str, Any], results: str
+) -> str:
+    """`config["ensemble"]` UDEs trained in one compiled program and each distilled by
+    `engines`: every discovered term's inclusion frequency and coefficient interval
+    (`ensemble.json`)."""
+    from sciml._io import write_json
+    from sciml.discover import ensemble_stage
+
+    cfg = dataclasses.replace(_config(config), engines=tuple(engines))
+    model, train, _ = _inputs(inputs, cfg)
+    summary = ensemble_stage(model, load_fit(fit, model), train, cfg)
+    print(f"ensemble of {summary['members']}: {summary['distilled']} distilled")
+    folder = _fresh(stage_dir(results, "ensemble-distillation"))
+    write_json(folder / "ensemble.json", summary)
+    return str(folder / "ensemble.json")
+
+
+OUTPUT_FILES = (
+    "predictions.parquet",
+    "equations.csv",
+    "ensemble.csv",
+    "run.json",
+    "discovered.json",
+)
 
 
 @task(name="write-results", **UNCACHED, **IO)
-def write_results(selection: str, out: str) -> str:
-    """Copy the run's results into its folder, `discovered.json` last; returns its path."""
-    from sciml._io import atomic_path
+def write_results(selection: str, out: str, partial: dict[str, Any] | None = None) -> str:
+    """Copy the run's results into its folder, `discovered.json` last; returns its path.
+
+    `partial` (why later stages were skipped) goes into `discovered.json` as `partial`."""
+    from sciml._io import atomic_path, write_json
 
     for name in OUTPUT_FILES:
-        if (Path(selection) / name).exists():
+        if partial is not None and name == "discovered.json":
+            result = json.loads((Path(selection) / name).read_text())
+            write_json(Path(out) / name, {**result, "partial": partial})
+        elif (Path(selection) / name).exists():
             with atomic_path(Path(out) / name) as tmp:
                 shutil.copy2(Path(selection) / name, tmp)
     return str(Path(out) / "discovered.json")
@@ -296,6 +332,20 @@ def publish_artifacts(out: str, report_path: str | None) -> list[str]:
             f"\n- residual of `{state}`: `{chosen.get('final', chosen.get('equation'))}` "
             f"({chosen.get('engine')}, complexity {chosen.get('complexity')})"
         )
+    if ens := result.get("ensemble"):
+        lines += [
+            "",
+            f"**Ensemble of {ens['members']} UDEs** (frequency; median and "
+            f"{ens['level']:.0%} interval of the coefficient)",
+            "",
+            "| state | term | frequency | median | interval |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t['state']} | `{t['term']}` | {t['frequency']:.0%} | {t['median']:.4g} | "
+            f"[{t['interval'][0]:.4g}, {t['interval'][1]:.4g}] |"
+            for t in ens["terms"]
+        ]
     ids = [str(create_markdown_artifact("\n".join(lines), key=f"{key}-equations"))]
     csv = folder / "equations.csv"
     if csv.exists():
@@ -333,12 +383,22 @@ def discovery_run(run: dict[str, Any]) -> dict[str, Any]:
         holdout=run["holdout"],
         show_progress=False,
     )
+    report = _render_report(result["out"])
     return {
         "out": result["out"],
         "parameters": result["parameters"],
         "equations": result["equations"],
         "seconds": time.perf_counter() - t,
+        "report": report,
     }
+
+
+def _render_report(out: str) -> str | None:
+    try:
+        from sciml.report import render_report
+    except ImportError:
+        return None
+    return str(render_report(out))
 
 
 # -- the other stages --------------------------------------------------------------------------

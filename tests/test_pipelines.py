@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipelines import _store
+from pipelines import _cache, _files
 from pipelines.params import ClassifyParams, DiscoverParams, SweepParams, UDESettings
 
 ROOT = Path(__file__).resolve().parent.parent
 LV = ROOT / "data" / "lotka_volterra"
 CSV, MODEL, MODEL_FULL = LV / "lotka_volterra.csv", LV / "model.toml", LV / "model_full.toml"
-TINY = UDESettings(windows=(1.0,), adam_steps=30, lbfgs_steps=10)
+TINY = UDESettings(windows=(1.0,), adam_steps=30, lbfgs_steps=10, collocation_steps=20)
 
 
 def tiny_params(out: Path, results: Path, **kw) -> DiscoverParams:
@@ -66,47 +66,83 @@ def test_sweep_runs_get_one_folder_each(tmp_path):
 
 
 # -- cache keys --------------------------------------------------------------------------------
-def _inputs(data_sha="d" * 64, model_sha="m" * 64):
-    return {"data_sha256": data_sha, "model_sha256": model_sha}
+def _inputs(data_sha="d" * 64, model_sha="m" * 64, folder="/a"):
+    return {
+        "data": f"{folder}/lv.csv",
+        "model": f"{folder}/model.toml",
+        "data_sha256": data_sha,
+        "model_sha256": model_sha,
+    }
 
 
-def test_stage_key_sees_version_config_and_content(monkeypatch):
-    import sciml
+def test_stage_key_sees_content_settings_and_upstream():
     from pipelines.flows import discovery_config
 
     config = discovery_config(tiny_params(Path("o"), Path("r")))
-    key = _store.stage_key("ude-training", _inputs(), config)
-    assert key == _store.stage_key("ude-training", _inputs(), dict(config))
+
+    def key(stage="ude-training", **params):
+        base = {"inputs": _inputs(), "fit": "/r/fit.json", "config": config, "results": "/r"}
+        return _cache._digest(_cache.stage_payload(stage, {**base, **params}))
+
+    k = key()
+    assert k == key(config=dict(config))
+    # the same contents elsewhere, another results folder, timings: the same key
+    assert k == key(inputs=_inputs(folder="/elsewhere"), results="/other", timings={"x": 1.0})
     # which engines run does not change the UDE
-    assert key == _store.stage_key("ude-training", _inputs(), {**config, "engines": ["pysr"]})
-    assert key != _store.stage_key("ude-training", _inputs(data_sha="e" * 64), config)
-    assert key != _store.stage_key("ude-training", _inputs(model_sha="n" * 64), config)
+    assert k == key(config={**config, "engines": ["pysr"]})
+    assert k != key(inputs=_inputs(data_sha="e" * 64))
+    assert k != key(inputs=_inputs(model_sha="n" * 64))
     changed = {**config, "ude": {**config["ude"], "adam_steps": 21}}
-    assert key != _store.stage_key("ude-training", _inputs(), changed)
-    assert key != _store.stage_key("ude-training", _inputs(), {**config, "seed": 1})
-    assert key != _store.stage_key("dense-sampling", _inputs(), config)
+    assert k != key(config=changed)
+    assert k != key(config={**config, "seed": 1})
+    assert k != key(fit="/r/fit-2.json")  # an upstream stage computed again
+    assert k != key("dense-sampling")
     # the mechanistic fit does not depend on the UDE's settings
-    fit_key = _store.stage_key("mechanistic-fit", _inputs(), config)
-    assert fit_key == _store.stage_key("mechanistic-fit", _inputs(), changed)
-    assert fit_key != _store.stage_key("mechanistic-fit", _inputs(), {**config, "seed": 1})
-    monkeypatch.setattr(sciml, "__version__", "999.0")
-    assert key != _store.stage_key("ude-training", _inputs(), config)
+    assert key("mechanistic-fit") == key("mechanistic-fit", config=changed)
+    assert key("mechanistic-fit") != key("mechanistic-fit", config={**config, "seed": 1})
 
 
-def test_cache_key_drops_a_record_whose_files_are_gone(tmp_path):
-    class Ctx:
-        class task:  # noqa: N801 - mimics Prefect's TaskRunContext.task
-            name = "ude-training"
+def test_library_digest_sees_every_source_file(tmp_path):
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    (lib / "a.py").write_text("x = 1\n")
+    (lib / "sub" / "b.py").write_text("y = 2\n")
+    (lib / "notes.txt").write_text("not code")
+    first = _cache.source_digest(lib, ["numpy"])
+    assert first == _cache.source_digest(lib, ["numpy"])
+    (lib / "notes.txt").write_text("changed, still not code")
+    assert first == _cache.source_digest(lib, ["numpy"])
+    (lib / "sub" / "b.py").write_text("y = 3\n")
+    edited = _cache.source_digest(lib, ["numpy"])
+    assert edited != first
+    assert edited != _cache.source_digest(lib, ["numpy", "jax"])  # versions count
+    (lib / "sub" / "b.py").rename(lib / "b.py")  # same content, another module
+    assert _cache.source_digest(lib, ["numpy"]) != edited
 
-    params = {"inputs": _inputs(), "config": {"seed": 0}, "results": str(tmp_path)}
-    key = _store.cache_key(Ctx, params)
-    record = tmp_path / _store.RECORDS / key
-    record.parent.mkdir()
-    record.write_text("{}")
-    (tmp_path / key).mkdir()
-    assert _store.cache_key(Ctx, params) == key and record.exists()
-    (tmp_path / key).rmdir()
-    assert _store.cache_key(Ctx, params) == key and not record.exists()
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    """A lock whose process is gone does not block; one held by a live process does."""
+    import threading
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    locks = _cache.LockManager(tmp_path)
+    (tmp_path / "k.lock").write_text(
+        json.dumps(
+            {"holder": "dead", "host": __import__("socket").gethostname(), "pid": int(gone.stdout)}
+        )
+    )
+    assert not locks.is_locked("k")
+    assert locks.acquire_lock("k", holder="me", acquire_timeout=1)
+    other = _cache.LockManager(tmp_path)  # another run: waits, times out
+    assert other.is_locked("k") and not other.acquire_lock("k", holder="it", acquire_timeout=0.3)
+    threading.Timer(0.3, locks.release_lock, ("k", "me")).start()
+    assert other.acquire_lock("k", holder="it", acquire_timeout=10)
+    assert json.loads((tmp_path / "k.lock").read_text())["holder"] == "it"
 
 
 # -- tasks, by their functions -----------------------------------------------------------------
@@ -115,7 +151,7 @@ def test_ingest_hashes_the_inputs_and_rejects_bad_data(tmp_path):
     from sciml import DataError
 
     inputs = tasks.ingest.fn(str(CSV), str(MODEL))
-    assert inputs["data_sha256"] == _store.file_digest(CSV)
+    assert inputs["data_sha256"] == _files.file_digest(CSV)
     assert inputs["states"] == ["x", "y"] and inputs["residual_states"] == ["x", "y"]
     assert inputs["n_points"] == 21
     bad = tmp_path / "bad.csv"
@@ -155,8 +191,8 @@ def test_fit_and_candidates_round_trip(tmp_path):
         success=True,
         message="ok",
     )
-    _store.save_fit(fit, tmp_path / "fit.json")
-    back = _store.load_fit(tmp_path / "fit.json", model)
+    _files.save_fit(fit, tmp_path / "fit.json")
+    back = _files.load_fit(tmp_path / "fit.json", model)
     assert np.array_equal(back.params, fit.params) and back.parameter_dict == fit.parameter_dict
     table = pd.DataFrame(
         {
@@ -169,8 +205,8 @@ def test_fit_and_candidates_round_trip(tmp_path):
             "coef_std": [{"x*y": 0.01}, {"x*y": 0.02}],
         }
     )
-    _store.save_candidates(table, tmp_path / "c.parquet")
-    back = _store.load_candidates([tmp_path / "c.parquet"], ["x", "y"])
+    _files.save_candidates(table, tmp_path / "c.parquet")
+    back = _files.load_candidates([tmp_path / "c.parquet"], ["x", "y"])
     assert list(back["equation"]) == list(table["equation"])
     assert str(back["sympy_format"][0]) == "-0.9*x*y"
 
@@ -212,12 +248,22 @@ def test_input_error_inside_a_task_exits_2(prefect_harness, tmp_path, monkeypatc
 
 
 # -- flows -------------------------------------------------------------------------------------
-def test_ude_training_is_cached(prefect_harness, shared_results, tmp_path):
-    """Same inputs: the UDE training task is Cached; a changed setting trains again.
+@pytest.fixture
+def frozen_library(tmp_path, monkeypatch) -> Path:
+    """A copy of the library's source that the stages' cache keys are taken from: other edits
+    of this working tree during the test do not change the keys, and a test can edit it."""
+    import shutil
 
-    The flow is the discovery flow's first stages (the same task objects and cache keys), so
-    that the check does not depend on the later stages' numerics.
-    """
+    copy = tmp_path / "library"
+    shutil.copytree(ROOT / "sciml", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(_cache, "LIBRARY", copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def fit_and_train():
+    """The discovery flow's first stages (the same task objects and cache policy), so that the
+    checks do not depend on the later stages' numerics."""
     from prefect import flow
 
     from pipelines import tasks
@@ -232,26 +278,107 @@ def test_ude_training_is_cached(prefect_harness, shared_results, tmp_path):
         return in_results(tasks.ude_training, results)(inputs, fit, config, results)
 
     def run(params):
-        t = time.perf_counter()
         state = fit_and_train(params, return_state=True)
         assert state.is_completed(), state.message
-        runs = task_runs(state.state_details.flow_run_id)
-        return runs, state.result(), time.perf_counter() - t
+        return task_runs(state.state_details.flow_run_id), state.result()
 
-    params = tiny_params(tmp_path / "a", shared_results)
-    runs, first, _ = run(params)
+    return run
+
+
+def test_ude_training_is_cached(prefect_harness, frozen_library, tmp_path, fit_and_train):
+    """Same inputs: the UDE training task is Cached; a changed setting trains again; a stage
+    whose files were deleted by hand runs again."""
+    params = tiny_params(tmp_path / "a", tmp_path / "results")
+    runs, first = fit_and_train(params)
     assert runs["ude-training"] == "Completed"
     assert {"ude.eqx", "ude.json", "history.json"} <= {p.name for p in Path(first).iterdir()}
     mtime = (Path(first) / "ude.eqx").stat().st_mtime_ns
 
-    runs, second, seconds = run(params.model_copy(update={"out": tmp_path / "b"}))
+    runs, second = fit_and_train(params.model_copy(update={"out": tmp_path / "b"}))
     assert runs["ude-training"] == "Cached" and runs["mechanistic-fit"] == "Cached"
     assert second == first and (Path(first) / "ude.eqx").stat().st_mtime_ns == mtime
 
     changed = params.model_copy(update={"ude": TINY.model_copy(update={"adam_steps": 35})})
-    runs, third, _ = run(changed)
+    runs, third = fit_and_train(changed)
     assert runs["ude-training"] == "Completed" and runs["mechanistic-fit"] == "Cached"
     assert third != first and (Path(third) / "ude.eqx").exists()
+
+    import shutil
+
+    shutil.rmtree(first)
+    runs, fourth = fit_and_train(params)
+    assert fourth == first and (Path(first) / "ude.eqx").stat().st_mtime_ns > mtime
+
+
+def test_two_concurrent_runs_train_once(prefect_harness, frozen_library, tmp_path, fit_and_train):
+    """Two runs at once on one results folder: one trains, the other waits for its lock and
+    reads its record (SERIALIZABLE isolation, a file lock per key)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = tiny_params(tmp_path / "a", tmp_path / "results")
+    both = [base, base.model_copy(update={"out": tmp_path / "b"})]
+    with ThreadPoolExecutor(2) as pool:
+        (runs_a, ude_a), (runs_b, ude_b) = pool.map(fit_and_train, both)
+    assert ude_a == ude_b
+    assert sorted([runs_a["ude-training"], runs_b["ude-training"]]) == ["Cached", "Completed"]
+    assert sorted([runs_a["mechanistic-fit"], runs_b["mechanistic-fit"]]) == [
+        "Cached",
+        "Completed",
+    ]
+    assert [p.name for p in (tmp_path / "results").glob("ude-training-*")] == [Path(ude_a).name]
+    assert not list((tmp_path / "results" / _cache.LOCKS).glob("*.lock"))  # all released
+
+
+STAGE = """
+from prefect import task
+from pipelines.tasks import JSON
+from pipelines._cache import stage_dir
+
+@task(name="mechanistic-fit", **JSON)
+def stage(inputs, config, results):
+    folder = stage_dir(results, "mechanistic-fit")
+    folder.mkdir(parents=True)
+    (folder / "fit.json").write_text(str({BODY}))
+    return str(folder / "fit.json")
+"""
+
+
+def test_editing_a_stages_code_invalidates_its_cache(prefect_harness, frozen_library, tmp_path):
+    """The task's own source and the library's source are in the key."""
+    import importlib.util
+
+    from prefect import flow
+
+    from pipelines.tasks import in_results
+
+    def load(body: str, name: str):
+        path = tmp_path / f"{name}.py"
+        path.write_text(STAGE.replace("{BODY}", body))
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.stage
+
+    @flow
+    def one_stage(stage, results: str) -> str:
+        return in_results(stage, results)(_inputs(), {"seed": 0}, results)
+
+    def state_of(stage) -> str:
+        state = one_stage(stage, str(tmp_path / "results"), return_state=True)
+        assert state.is_completed(), state.message
+        return task_runs(state.state_details.flow_run_id)["mechanistic-fit"]
+
+    stage = load("1 + 1", "stage_v1")
+    assert state_of(stage) == "Completed"
+    assert state_of(stage) == "Cached"
+    assert state_of(load("1 + 1", "stage_v1_again")) == "Cached"  # same source, same key
+    edited = load("2 + 2", "stage_v2")
+    assert state_of(edited) == "Completed"  # the task's code changed
+    assert state_of(edited) == "Cached"
+    with open(frozen_library / "_mechanistic.py", "a") as f:
+        f.write("\n\ndef _an_edit() -> int:\n    return 1\n")
+    assert state_of(edited) == "Completed"  # the library's code changed
+    assert state_of(edited) == "Cached"
 
 
 def quick_params(out: Path, results: Path) -> DiscoverParams:
