@@ -44,6 +44,13 @@ def _discovery_args(d: argparse.ArgumentParser) -> None:
         help="folder of cached task results (default: OUT/results); share it to reuse "
         "trained UDEs between runs",
     )
+    d.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget, checked between stages: once spent, the remaining stages are "
+        "skipped and the results (written as usual) are marked partial",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,6 +198,7 @@ def _discover_params(args: argparse.Namespace):
         results=Path(args.results).resolve() if args.results else None,
         review=getattr(args, "review", False),
         review_timeout=getattr(args, "review_timeout", 3600),
+        max_minutes=getattr(args, "max_minutes", None),
     )
 
 
@@ -266,6 +274,8 @@ def _print_discovery(result: dict) -> None:
     for state, rhs in result["equations"].items():
         print(f"  d{state}/dt = {rhs}")
     print(f"results in {result['out']}")
+    if result.get("partial"):
+        print(f"partial results: {result['partial']['reason']}")
     if result.get("report"):
         print(f"report: {result['report']}")
 

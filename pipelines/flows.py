@@ -63,6 +63,31 @@ def _run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
+class _Budget:
+    """A wall-clock budget (`--max-minutes`), checked between stages."""
+
+    def __init__(self, minutes: float | None):
+        self.minutes = minutes
+        self.deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+        self.partial: dict[str, Any] | None = None
+
+    def left(self, stage: str) -> bool:
+        """Whether `stage` may start; the first time not, the run is marked partial."""
+        if self.partial is not None:
+            return False
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return True
+        self.partial = {
+            "max_minutes": self.minutes,
+            "stopped_before": stage,
+            "reason": f"the time budget ({self.minutes:g} min) was spent before {stage}; "
+            "later stages were skipped (a rerun with a larger --max-minutes resumes from "
+            "the cached stages)",
+        }
+        logging.getLogger("sciml").warning("partial results: %s", self.partial["reason"])
+        return False
+
+
 @flow(name="discover", **FLOW_OPTIONS)
 def discover(params: DiscoverParams) -> dict[str, Any]:
     """Trajectory data and a model file in; DESIGN §4's files in `params.out`.
@@ -85,6 +110,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         timings[name] = time.perf_counter() - start
         return value
 
+    budget = _Budget(params.max_minutes)
     with run_directory(params.out, clear=RESULT_FILES) as out, _run_log(out / "run.log"):
         inputs = tasks.ingest(str(params.data), None if params.model is None else str(params.model))
         fit = timed(
@@ -92,23 +118,28 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         )
         ude = dense = None
         engines: list[dict[str, Any]] = []
-        if inputs["residual_states"]:
+        if inputs["residual_states"] and budget.left("UDE training"):
             ude = timed(
                 "ude", in_results(tasks.ude_training, results), inputs, fit, config, results
             )
+        if ude is not None and budget.left("dense sampling"):
             dense = timed(
                 "dense", in_results(tasks.dense_sampling, results), inputs, ude, config, results
             )
             symbolic = in_results(tasks.symbolic_regression, results)
             # one after another, in this thread: PySR (Julia) must run in the main thread
             for engine in config["engines"]:
+                if not budget.left(f"symbolic regression ({engine})"):
+                    break
                 engines.append(
                     timed(f"engine:{engine}", symbolic, engine, inputs, dense, config, results)
                 )
+        if engines and not budget.left("selection and refit"):
+            engines = []  # the models so far are still evaluated and reported
         tasks.record_config(inputs, config, str(out), ude, dense)
         select = in_results(tasks.selection_and_refit, results)
         selected = timed("selection", select, inputs, fit, ude, engines, config, results, timings)
-        discovered = tasks.write_results(selected, str(out))
+        discovered = tasks.write_results(selected, str(out), budget.partial)
         report = tasks.report(str(out))
         tasks.publish_artifacts(str(out), report)
     reviewed: dict[str, Any] | None = None
@@ -127,6 +158,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         "parameters": result["parameters"],
         "timings": timings,
         "review": reviewed,
+        "partial": result.get("partial"),
     }
     return value if reviewed is None else final_state(reviewed, value)
 

@@ -68,6 +68,12 @@ class DiscoverParams(_Params):
     review_timeout: int = Field(
         3600, ge=1, le=30 * 86400, description="seconds to wait for the reviewer's decision"
     )
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock budget: checked between stages; once spent, the remaining "
+        "stages are skipped and the results are marked partial",
+    )
 
     @field_validator("engines")
     @classmethod

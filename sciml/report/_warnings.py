@@ -139,7 +139,10 @@ def selected_rows(candidates: pd.DataFrame | None) -> dict[str, dict]:
 def findings(run: Run) -> list[Finding]:
     """Every warning and note for `run`, warnings first."""
     d = run.discovered
-    out = _fit_findings(run, "", "in the training window")
+    out = []
+    if isinstance(d.get("partial"), dict):
+        out.append(Finding("warning", "Partial results", str(d["partial"].get("reason", ""))))
+    out += _fit_findings(run, "", "in the training window")
     out += _fit_findings(run, "_holdout", "on the held-out data")
     bounded = d.get("metrics", {}).get("extrapolation_bounded", {})
     if bounded.get("final") is False:
