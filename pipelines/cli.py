@@ -461,6 +461,56 @@ def _pydantic_message(err) -> str:
     return "; ".join(parts)
 
 
+# XLA's CPU compiler logs `E… algebraic_simplifier.cc:…] Algebraic simplifier is likely stuck in
+# a circular simplification loop and ran for 50 runs on computation main.N` (C++, straight to file
+# descriptor 2) when it compiles the UDE's whole-series loss of some models (seen on SEIR, jaxlib
+# 0.10.2); the compilation succeeds and the results are the same. To a user these lines look like
+# errors, so the command filters them out of its stderr at the file-descriptor level.
+_XLA_NOISE = (b"algebraic_simplifier.cc", b"circular simplification loop")
+
+
+def _filter_xla_noise() -> None:
+    """Make file descriptor 2 a pipe whose reader thread passes everything but XLA's
+    circular-simplification lines on to the real stderr (children inherit it too)."""
+    import atexit
+    import threading
+
+    try:
+        real = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+    except OSError:
+        return
+
+    def keep(line: bytes) -> bool:
+        return not all(marker in line for marker in _XLA_NOISE)
+
+    def pump() -> None:
+        while data := os.read(read, 65536):
+            *lines, rest = data.split(b"\n")
+            out = b"".join(line + b"\n" for line in lines if keep(line)) + rest
+            while out:
+                try:
+                    out = out[os.write(real, out) :]
+                except OSError:
+                    return
+        os.close(read)
+
+    thread = threading.Thread(target=pump, name="sciml-stderr", daemon=True)
+    thread.start()
+
+    def restore() -> None:  # at exit (after Prefect's own exit handlers): drain, then restore
+        try:
+            sys.stderr.flush()
+            os.dup2(real, 2)
+        except (OSError, ValueError):
+            return
+        thread.join(timeout=2.0)
+
+    atexit.register(restore)
+
+
 def main(argv: Sequence[str] | None = None, *, handle_signals: bool | None = None) -> int:
     """Run one command; returns the exit code.
 
@@ -469,6 +519,8 @@ def main(argv: Sequence[str] | None = None, *, handle_signals: bool | None = Non
     command exits 128 + the signal number (143 for SIGTERM).
     """
     args = _parser().parse_args(argv)
+    if argv is None:
+        _filter_xla_noise()
     if handle_signals is None:
         handle_signals = argv is None
     if handle_signals:
