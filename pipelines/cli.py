@@ -39,6 +39,14 @@ def _discovery_args(d: argparse.ArgumentParser) -> None:
         help="fraction of each trajectory's span held out to test extrapolation",
     )
     d.add_argument(
+        "--ensemble",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also train K UDEs in one compiled program (other seeds, bootstrap resamples) "
+        "and distil each: every discovered term's inclusion frequency and coefficient interval",
+    )
+    d.add_argument(
         "--results",
         default=None,
         help="folder of cached task results (default: OUT/results); share it to reuse "
@@ -159,24 +167,48 @@ def _parser() -> argparse.ArgumentParser:
         "--dask-address", default=None, help="existing Dask scheduler (default: local cluster)"
     )
     s.add_argument("--workers", type=int, default=2, help="workers of the local cluster")
+    s.add_argument(
+        "--cluster-class",
+        default=None,
+        help="Dask cluster class to start, e.g. dask_jobqueue.SLURMCluster (pip install "
+        "'sciml[hpc]')",
+    )
+    s.add_argument(
+        "--cluster-kwargs",
+        default="{}",
+        help='its keyword arguments as JSON, e.g. \'{"cores": 8, "memory": "16GB"}\'',
+    )
 
     y = sub.add_parser(
         "deploy",
-        help="a scheduled discovery deployment: served here (--serve) or run by a work pool",
+        help="the deployments of prefect.yaml: create their work pools, then `prefect deploy`",
     )
-    y.add_argument("data", help="trajectory data (the file a schedule re-reads)")
-    y.add_argument("--model", required=True)
-    y.add_argument("--out", required=True)
-    _discovery_args(y)
-    y.add_argument("--name", default=None, help="deployment name (default: the data file stem)")
-    y.add_argument("--cron", default="0 3 * * *", help="cron schedule (default: 03:00 daily)")
-    y.add_argument("--timezone", default="UTC")
-    how = y.add_mutually_exclusive_group()
-    how.add_argument("--serve", action="store_true", help="serve it from this process")
-    how.add_argument(
-        "--pool", default="sciml-process", help="work pool (created as type process if missing)"
+    y.add_argument(
+        "names", nargs="*", help="deployments (FLOW/NAME or NAME; default: all in prefect.yaml)"
     )
-    y.add_argument("--gpu", action="store_true", help="set JAX to use the GPU on the worker")
+    y.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="POOL=N",
+        help="concurrency limit of a work pool (repeatable), e.g. sciml-gpu=4",
+    )
+
+    b = sub.add_parser(
+        "batch", help="discovery runs sent to a deployment's work pool, with an index report"
+    )
+    b.add_argument("data", nargs="+", help="trajectory data files (paths the workers can read)")
+    b.add_argument("--model", action="append", default=None, help="model file (repeatable)")
+    b.add_argument("--out", required=True, help="folder of the runs' folders and the index")
+    b.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    b.add_argument("--engines", default="sindy,operon,pysr", help="symbolic engines")
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--holdout", type=float, default=0.0)
+    b.add_argument("--results", default=None, help="shared cache folder (default OUT/results)")
+    b.add_argument(
+        "--deployment", default="discover/cpu", help="discovery deployment (default discover/cpu)"
+    )
+    b.add_argument("--timeout", type=float, default=None, help="seconds to wait for all runs")
     return p
 
 
@@ -195,6 +227,7 @@ def _discover_params(args: argparse.Namespace):
         engines=_engines(args.engines),
         quick=args.quick,
         holdout=args.holdout,
+        ensemble=getattr(args, "ensemble", 0),
         results=Path(args.results).resolve() if args.results else None,
         review=getattr(args, "review", False),
         review_timeout=getattr(args, "review_timeout", 3600),
@@ -379,6 +412,8 @@ def _run(args: argparse.Namespace) -> None:
             holdout=args.holdout,
             dask_address=args.dask_address,
             n_workers=args.workers,
+            cluster_class=args.cluster_class,
+            cluster_kwargs=_json_object("--cluster-kwargs", args.cluster_kwargs),
         )
         _check_out(params.out)
         for run_params in params.runs():
@@ -386,24 +421,70 @@ def _run(args: argparse.Namespace) -> None:
         for data in params.data:
             for model in params.models:
                 load_inputs(data, model)
+        if params.cluster_class:
+            from pipelines.flows import check_cluster_class
+
+            check_cluster_class(params.cluster_class)
         from pipelines.flows import sweep
 
         _quiet_expected_failures()
         for run in sweep(params):
             print(f"{run['out']}: {run['equations']}")
     elif args.command == "deploy":
-        params = _discover_params(args)
-        _validate_discovery(params)
-        from pipelines.deploy import deploy_discovery
+        from pipelines.deploy import deploy
 
-        deploy_discovery(
-            params,
-            name=args.name or params.data.stem,
-            cron=args.cron,
-            timezone=args.timezone,
-            pool=None if args.serve else args.pool,
-            gpu=args.gpu,
+        limits = {}
+        for item in args.limit:
+            pool, _, n = item.partition("=")
+            if not pool or not n.isdigit() or int(n) < 1:
+                raise _bad_input(f"--limit: POOL=N with N >= 1, got {item!r}")
+            limits[pool] = int(n)
+        for name in deploy(args.names, limits):
+            print(f"deployed {name}")
+    elif args.command == "batch":
+        from pipelines.params import BatchParams
+        from sciml.discover import load_inputs
+
+        params = BatchParams(
+            data=tuple(Path(p) for p in args.data),
+            models=tuple(Path(m) for m in args.model) if args.model else (None,),
+            seeds=_seeds(args.seeds),
+            out=Path(args.out),
+            engines=_engines(args.engines),
+            quick=args.quick,
+            holdout=args.holdout,
+            results=Path(args.results) if args.results else None,
+            deployment=args.deployment,
+            timeout=args.timeout,
         )
+        for data in params.data:
+            for model in params.models:
+                load_inputs(data, model)
+        from pipelines.batch import batch
+
+        result = batch(params)
+        for run in result["runs"]:
+            print(f"{run['out']}: {run.get('equations')}")
+        print(f"index: {result['index']}")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise _bad_input(f"--seeds: integers separated by commas, got {text!r}") from None
+
+
+def _json_object(option: str, text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise _bad_input(f"{option}: not JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise _bad_input(f"{option}: a JSON object ({{...}}), got {text!r}")
+    return value
 
 
 def _user() -> str:

@@ -1,87 +1,108 @@
-"""Deployments of the discovery flow on a cron schedule: served from one process, or sent to a
-work pool whose workers run them (a `process` pool on this machine, or on a GPU node).
+"""`sciml deploy`: a shortcut over `prefect deploy` and the repository's `prefect.yaml`.
 
-`sciml deploy DATA --model M --out DIR --cron "0 3 * * *" --serve` serves from the calling
-process (Ctrl-C stops it). Without `--serve` the deployment goes to a work pool (created as type
-`process` when missing) and a worker runs it: `prefect worker start --pool sciml-process`.
-See docs/orchestration.md.
+It creates the work pools the chosen deployments name (type `process`, with a concurrency limit
+when given), then runs `prefect --no-prompt deploy` from the repository root, so the
+deployments are exactly those in `prefect.yaml` (edit that file to add your own). Everything
+here can be done by hand: `prefect work-pool create sciml-cpu --type process
+[--concurrency-limit N]`, then `prefect deploy --all`. See docs/orchestration.md.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .params import DiscoverParams
-
 REPO = Path(__file__).resolve().parent.parent
-ENTRYPOINT = "pipelines/flows.py:discover"
-QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-GPU_ENV = {"JAX_PLATFORMS": "cuda", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+PREFECT_YAML = REPO / "prefect.yaml"
 
 
-def ensure_work_pool(name: str, pool_type: str = "process") -> bool:
-    """Create the work pool when missing; True when it was created."""
+def deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The deployments of `prefect.yaml`, each with its `flow/name` as `full_name`."""
+    import yaml
+
+    from sciml import InputError
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(f"{path}: cannot read it: {err}") from None
+    found = []
+    for d in config.get("deployments") or []:
+        flow = _flow_name(d["entrypoint"])
+        found.append({**d, "full_name": f"{flow}/{d['name']}"})
+    return found
+
+
+def _flow_name(entrypoint: str) -> str:
+    """The flow's name (`@flow(name=...)`) of an entrypoint `path.py:function`."""
+    import importlib
+
+    module_path, function = entrypoint.split(":")
+    module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+    return getattr(module, function).name
+
+
+def select(names: Sequence[str], available: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The deployments named (`flow/name`, or `name` when only one flow has it); all if none."""
+    from sciml import InputError
+
+    if not names:
+        return available
+    chosen = []
+    for name in names:
+        hits = [d for d in available if name in (d["full_name"], d["name"])]
+        if len(hits) != 1:
+            known = ", ".join(d["full_name"] for d in available)
+            why = "is not in" if not hits else "is ambiguous in"
+            raise InputError(f"deployment {name!r} {why} {PREFECT_YAML.name} (known: {known})")
+        chosen.append(hits[0])
+    return chosen
+
+
+def ensure_work_pool(name: str, limit: int | None = None, pool_type: str = "process") -> str:
+    """Create the work pool when missing; set its concurrency limit when given. Says what."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_work_pool(name)
-            return False
+            pool = client.read_work_pool(name)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
-            return True
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type=pool_type, concurrency_limit=limit)
+            )
+            return f"created work pool {name!r} (type {pool_type}, limit {limit or 'none'})"
+        if limit is not None and pool.concurrency_limit != limit:
+            client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=limit))
+            return f"work pool {name!r}: concurrency limit {limit}"
+    return f"work pool {name!r} exists"
 
 
-def deploy_discovery(
-    params: DiscoverParams,
-    *,
-    name: str,
-    cron: str,
-    timezone: str = "UTC",
-    pool: str | None = None,
-    gpu: bool = False,
-) -> Any:
-    """Create (or update) the deployment `discover/NAME` with a cron schedule.
+def deploy(names: Sequence[str] = (), limits: Mapping[str, int] | None = None) -> list[str]:
+    """Create the pools, then `prefect deploy` the chosen deployments; their `flow/name`s."""
+    from sciml import InputError
 
-    `pool=None` serves it from this process (blocks until interrupted); otherwise the
-    deployment is registered with the work pool and the id returned.
-    """
-    from prefect.schedules import Cron
-
-    from .flows import discover
-
-    parameters = {"params": params.model_dump(mode="json")}
-    schedules = [Cron(cron, timezone=timezone)]
-    description = f"discovery on {params.data} (model {params.model}) into {params.out}"
-    if pool is None:
-        from prefect import serve
-
-        deployment = discover.to_deployment(
-            name=name, parameters=parameters, schedules=schedules, description=description
-        )
-        print(f"serving discover/{name} on schedule {cron!r} ({timezone}); Ctrl-C stops")
-        serve(deployment, print_starting_message=False)
-        return None
-    if ensure_work_pool(pool):
-        print(f"created work pool {pool!r} (type process)")
-    env = {**QUIET_ENV, **(GPU_ENV if gpu else {})}
-    flow = discover.from_source(source=str(REPO), entrypoint=ENTRYPOINT)
-    deployment_id = flow.deploy(
-        name=name,
-        work_pool_name=pool,
-        parameters=parameters,
-        schedules=schedules,
-        description=description,
-        job_variables={"env": env, "working_dir": str(REPO)},
-        build=False,
-        push=False,
-        print_next_steps=False,
-    )
-    print(
-        f"deployment discover/{name} ({deployment_id}) on pool {pool!r}, schedule {cron!r}; "
-        f"start a worker: prefect worker start --pool {pool}"
-    )
-    return deployment_id
+    chosen = select(names, deployments())
+    limits = dict(limits or {})
+    pools = list(dict.fromkeys(d["work_pool"]["name"] for d in chosen))
+    unknown = set(limits) - set(pools)
+    if unknown:
+        raise InputError(f"--limit: no chosen deployment uses pool(s) {sorted(unknown)}")
+    for pool in pools:
+        print(ensure_work_pool(pool, limits.get(pool)))
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
+    if names:
+        for d in chosen:
+            command += ["--name", d["full_name"]]
+    else:
+        command.append("--all")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(command[3:])} exited {result.returncode}")
+    return [d["full_name"] for d in chosen]

@@ -39,7 +39,11 @@ def discovery_config(params: DiscoverParams) -> dict[str, Any]:
     from sciml.discover import DiscoveryConfig
 
     config = DiscoveryConfig.make(
-        seed=params.seed, engines=params.engines, quick=params.quick, holdout=params.holdout
+        seed=params.seed,
+        engines=params.engines,
+        quick=params.quick,
+        holdout=params.holdout,
+        ensemble=params.ensemble,
     )
     if overrides := params.ude.overrides():
         config = dataclasses.replace(config, ude=dataclasses.replace(config.ude, **overrides))
@@ -126,6 +130,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
             dense = timed(
                 "dense", in_results(tasks.dense_sampling, results), inputs, ude, config, results
             )
+        if dense is not None:
             symbolic = in_results(tasks.symbolic_regression, results)
             # one after another, in this thread: PySR (Julia) must run in the main thread
             for engine in config["engines"]:
@@ -137,8 +142,21 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         if engines and not budget.left("selection and refit"):
             engines = []  # the models so far are still evaluated and reported
         tasks.record_config(inputs, config, str(out), ude, dense)
+        ensemble = None
+        if config["ensemble"] and any(e["candidates"] for e in engines):
+            ensemble = timed(
+                "ensemble",
+                in_results(tasks.ensemble_distillation, results),
+                inputs,
+                fit,
+                [e["engine"] for e in engines if e["candidates"]],
+                config,
+                results,
+            )
         select = in_results(tasks.selection_and_refit, results)
-        selected = timed("selection", select, inputs, fit, ude, engines, config, results, timings)
+        selected = timed(
+            "selection", select, inputs, fit, ude, engines, config, results, timings, ensemble
+        )
         discovered = tasks.write_results(selected, str(out), budget.partial)
         report = tasks.report(str(out))
         tasks.publish_artifacts(str(out), report)

@@ -8,7 +8,7 @@ with pydantic's message naming the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -56,6 +56,13 @@ class DiscoverParams(_Params):
     engines: tuple[Engine, ...] = Field(("sindy", "operon", "pysr"), min_length=1)
     quick: bool = Field(False, description="fewer training steps (smoke runs)")
     holdout: float = Field(0.0, ge=0.0, lt=0.9, description="held-out fraction of each span")
+    ensemble: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="K > 0: also K UDEs in one compiled program, each distilled (term "
+        "frequencies and coefficient intervals)",
+    )
     ude: UDESettings = Field(default_factory=UDESettings)
     results: Path | None = Field(
         None,
@@ -144,6 +151,21 @@ class SweepParams(_Params):
         None, description="scheduler of an existing Dask cluster (default: a local cluster)"
     )
     n_workers: int = Field(2, ge=1, description="workers of the local cluster")
+    cluster_class: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$",
+        description="Dask cluster class started for the sweep, as module.Class (e.g. "
+        "dask_jobqueue.SLURMCluster; default: distributed.LocalCluster)",
+    )
+    cluster_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the cluster class"
+    )
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> SweepParams:
+        if self.dask_address and self.cluster_class:
+            raise ValueError("give dask_address (an existing cluster) or cluster_class, not both")
+        return self
 
     @field_validator("engines")
     @classmethod
@@ -183,3 +205,60 @@ class PipelineParams(_Params):
     discover: DiscoverParams | None = None
     cnf: CNFParams | None = None
     classify: ClassifyParams | None = None
+
+
+class BatchParams(_Params):
+    """Discovery over data files x model files x seeds, one flow run of a deployment per run,
+    on that deployment's work pool (`pipelines.batch`).
+
+    Each run writes into `out/<data stem>-<model stem>-seed<seed>/`; the runs share the cache
+    folder `results` (default `out/results`), so runs that differ only after a stage reuse it.
+    """
+
+    data: tuple[Path, ...] = Field(min_length=1, description="trajectory data files")
+    models: tuple[Path | None, ...] = Field(
+        (None,), min_length=1, description="model files (None: no theory)"
+    )
+    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    out: Path = Field(description="folder of the runs' folders, and of the index report")
+    engines: tuple[Engine, ...] = Field(("sindy", "operon", "pysr"), min_length=1)
+    quick: bool = False
+    holdout: float = Field(0.0, ge=0.0, lt=0.9)
+    ude: UDESettings = Field(default_factory=UDESettings)
+    results: Path | None = Field(None, description="shared cache folder (default OUT/results)")
+    deployment: str = Field(
+        "discover/cpu",
+        pattern=r"^[^/]+/[^/]+$",
+        description="the discovery deployment (FLOW/NAME) whose work pool runs the runs",
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="seconds to wait for all runs (default: no limit)"
+    )
+
+    @field_validator("engines")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))
+
+    def runs(self) -> list[DiscoverParams]:
+        results = self.results if self.results is not None else self.out / "results"
+        runs = [
+            DiscoverParams(
+                data=data,
+                model=model,
+                out=self.out / f"{data.stem}-{model.stem if model else 'no-theory'}-seed{seed}",
+                seed=seed,
+                engines=self.engines,
+                quick=self.quick,
+                holdout=self.holdout,
+                ude=self.ude,
+                results=results,
+            )
+            for data in self.data
+            for model in self.models
+            for seed in self.seeds
+        ]
+        names = [r.out for r in runs]
+        if len(set(names)) != len(names):
+            raise ValueError("two batch runs would share an output folder (same file stems)")
+        return runs

@@ -433,13 +433,132 @@ def test_sweep_on_a_local_dask_cluster(prefect_harness, tmp_path, monkeypatch):
         pd.DataFrame({"t": ts, "x": ys[:, 0], "y": ys[:, 1]}).to_csv(path, index=False)
         files.append(path)
     params = SweepParams(
-        data=tuple(files), models=(MODEL_FULL,), seeds=(0, 1), out=tmp_path / "sweep"
+        data=tuple(files),
+        models=(MODEL_FULL,),
+        seeds=(0, 1),
+        out=tmp_path / "sweep",
+        cluster_class="distributed.LocalCluster",  # what dask_jobqueue.SLURMCluster plugs into
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "dashboard_address": None},
     )
     results = sweep(params)
     assert len(results) == 4
     assert len({r["out"] for r in results}) == 4
+    index = (tmp_path / "sweep" / "index.html").read_text()
     for r in results:
+        assert r["report"] == str(Path(r["out"]) / "report.html") and Path(r["report"]).exists()
+        assert f"{Path(r['out']).name}/report.html" in index
         discovered = json.loads((Path(r["out"]) / "discovered.json").read_text())
         assert discovered["parameters"] == pytest.approx(r["parameters"])
         for name, true in TRUE.items():
             assert discovered["parameters"][name] == pytest.approx(true, rel=0.2), (r["out"], name)
+
+
+def test_a_cluster_class_that_is_not_installed_is_bad_input(tmp_path):
+    from pipelines.flows import check_cluster_class
+    from sciml import InputError
+
+    check_cluster_class("distributed.LocalCluster")
+    import importlib.util
+
+    if importlib.util.find_spec("dask_jobqueue") is None:  # the hpc extra is not installed
+        with pytest.raises(InputError, match=r"sciml\[hpc\]"):
+            check_cluster_class("dask_jobqueue.SLURMCluster")
+    else:
+        check_cluster_class("dask_jobqueue.SLURMCluster")
+    with pytest.raises(InputError, match="no class 'NoSuchCluster'"):
+        check_cluster_class("distributed.NoSuchCluster")
+    with pytest.raises(ValidationError, match="not both"):
+        SweepParams(
+            data=(CSV,), models=(MODEL,), out="x", dask_address="tcp://h:8786", cluster_class="a.B"
+        )
+    r = _sciml(
+        "sweep",
+        str(CSV),
+        "--model",
+        str(MODEL),
+        "--out",
+        str(tmp_path / "o"),
+        "--cluster-class",
+        "no_such_module.Cluster",
+    )
+    assert r.returncode == 2 and "cannot import no_such_module" in r.stderr, r.stderr
+    r = _sciml(
+        "sweep",
+        str(CSV),
+        "--model",
+        str(MODEL),
+        "--out",
+        str(tmp_path / "o"),
+        "--cluster-kwargs",
+        "[1, 2]",
+    )
+    assert r.returncode == 2 and "--cluster-kwargs: a JSON object" in r.stderr, r.stderr
+
+
+# -- batches and deployments -------------------------------------------------------------------
+def test_batch_runs_one_folder_each_sharing_the_cache(tmp_path):
+    from pipelines.params import BatchParams
+
+    batch = BatchParams(
+        data=(CSV,), models=(MODEL, MODEL_FULL, None), seeds=(0, 3), out=tmp_path, ude=TINY
+    )
+    runs = batch.runs()
+    names = [r.out.name for r in runs]
+    assert len(names) == 6 and len(set(names)) == 6
+    assert "lotka_volterra-model_full-seed3" in names and "lotka_volterra-no-theory-seed0" in names
+    assert {r.results for r in runs} == {tmp_path / "results"}
+    assert all(r.ude == TINY and r.engines == ("sindy", "operon", "pysr") for r in runs)
+    # each run's parameters survive the trip through the API (JSON)
+    assert all(DiscoverParams.model_validate(r.model_dump(mode="json")) == r for r in runs)
+    with pytest.raises(ValidationError, match="deployment"):
+        BatchParams(data=(CSV,), out=tmp_path, deployment="discover")
+    with pytest.raises(ValueError, match="share an output folder"):
+        BatchParams(data=(CSV, CSV), out=tmp_path).runs()
+
+
+def test_batch_summary_reads_finished_runs(tmp_path):
+    from prefect.states import Completed, Failed
+
+    from pipelines.batch import summary
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "discovered.json").write_text(
+        json.dumps({"equations": {"x": "x"}, "parameters": {"k": 1.0}})
+    )
+    done = summary(str(tmp_path / "a"), Completed())
+    assert done["state"] == "Completed" and done["equations"] == {"x": "x"}
+    failed = summary(str(tmp_path / "b"), Failed(message="diverged"))
+    assert failed["state"] == "Failed" and failed["message"] == "diverged"
+    assert "equations" not in failed
+    assert summary(str(tmp_path / "c"), None)["state"] == "Unknown"
+
+
+def test_prefect_yaml_declares_cpu_gpu_and_on_demand_deployments():
+    from pipelines.deploy import deployments, select
+    from sciml import InputError
+
+    found = {d["full_name"]: d for d in deployments()}
+    assert set(found) >= {"discover/cpu", "discover/gpu", "discover/nightly"}
+    assert "discovery-batch/on-demand" in found
+    cpu, gpu = found["discover/cpu"], found["discover/gpu"]
+    assert cpu["work_pool"]["name"] != gpu["work_pool"]["name"]
+    assert gpu["work_pool"]["job_variables"]["env"]["JAX_PLATFORMS"] == "cuda"
+    assert not cpu["schedules"] and not gpu["schedules"]  # on demand
+    for d in (cpu, gpu):
+        env = d["work_pool"]["job_variables"]["env"]
+        assert env["JAX_COMPILATION_CACHE_DIR"] and "CUDA_VISIBLE_DEVICES" not in env
+        # the default parameters are valid, and name files of this checkout
+        params = DiscoverParams.model_validate(d["parameters"]["params"])
+        assert (ROOT / params.data).is_file() and (ROOT / params.model).is_file()
+    batch_pool = found["discovery-batch/on-demand"]["work_pool"]["name"]
+    assert batch_pool not in {cpu["work_pool"]["name"], gpu["work_pool"]["name"]}
+    assert [d["full_name"] for d in select(["gpu"], list(found.values()))] == ["discover/gpu"]
+    with pytest.raises(InputError, match="not in prefect.yaml"):
+        select(["discover/nope"], list(found.values()))
+
+
+def test_deploy_limit_must_name_a_pool_count(tmp_path):
+    r = _sciml("deploy", "--limit", "sciml-cpu=0")
+    assert r.returncode == 2 and "POOL=N" in r.stderr, r.stderr
+    r = _sciml("deploy", "no-such-deployment")
+    assert r.returncode == 2 and "not in prefect.yaml" in r.stderr, r.stderr

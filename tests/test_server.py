@@ -299,7 +299,8 @@ def test_gpu_worker_needs_the_auth_string(server, tmp_path):
     before anything is installed or started."""
     if not (ROOT / ".venv" / "bin" / "python").exists():
         pytest.skip("gpu-worker.sh runs the repository's .venv")
-    env = clean_env(PREFECT_API_URL=server.url, SCIML_GPU_POOL="test-gpu-refused")
+    env = clean_env(PREFECT_API_URL=server.url, SCIML_GPU_POOL="test-gpu-refused", SCIML_GPUS="0")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
 
     def run(**extra):
         return subprocess.run(
@@ -448,61 +449,96 @@ def test_discover_against_the_server(server, shared_results, tmp_path):
         assert secret not in r.stdout + r.stderr
 
 
-def test_scheduled_deployment_runs_on_a_worker(server, tmp_path):
-    """`sciml deploy` with a cron schedule; `prefect deployment run`; a process worker runs it."""
-    env = server.client_env()
-    out, pool = tmp_path / "deployed", "test-process-pool"
+def test_prefect_yaml_deploys_and_a_batch_runs_on_a_worker(server, tmp_path):
+    """`sciml deploy` (pools, then `prefect deploy --all` over prefect.yaml) from the checkout,
+    with no Prefect profile; a process worker on `sciml-cpu` (limit 1) runs a batch's two
+    discovery runs one after the other; the batch collects them into one index."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    home = tmp_path / "home"  # a fresh user: no ~/.prefect profile, no settings
+    env = {**server.client_env(), "HOME": str(home), "PREFECT_HOME": str(home / ".prefect")}
     r = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "deploy", str(LV / "lotka_volterra.csv")]
-        + ["--model", str(LV / "model_full.toml"), "--out", str(out), "--engines", "sindy"]
-        + ["--name", "lv-nightly", "--cron", "0 3 * * *", "--pool", pool],
+        [sys.executable, "-m", "pipelines.cli", "deploy", "--limit", "sciml-cpu=1"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     with client(server) as c:
-        deployment = c.read_deployment_by_name("discover/lv-nightly")
-        assert deployment.work_pool_name == pool
-        assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
-    run = subprocess.run(
-        [BIN / "prefect", "deployment", "run", "discover/lv-nightly"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    run_id = run.stdout.split("UUID:")[-1].split()[0]
+        cpu = c.read_deployment_by_name("discover/cpu")
+        gpu = c.read_deployment_by_name("discover/gpu")
+        nightly = c.read_deployment_by_name("discover/nightly")
+        batch = c.read_deployment_by_name("discovery-batch/on-demand")
+        pools = {p.name: p for p in c.read_work_pools()}
+    assert cpu.work_pool_name == "sciml-cpu" and gpu.work_pool_name == "sciml-gpu"
+    assert batch.work_pool_name == "sciml-batch"
+    assert pools["sciml-cpu"].concurrency_limit == 1 and pools["sciml-cpu"].type == "process"
+    assert not cpu.schedules and not gpu.schedules and not batch.schedules  # on demand
+    assert [(s.schedule.cron, s.active) for s in nightly.schedules] == [("0 3 * * *", False)]
+    cpu_env, gpu_env = cpu.job_variables["env"], gpu.job_variables["env"]
+    assert cpu_env["JAX_PLATFORMS"] == "cpu" and gpu_env["JAX_PLATFORMS"] == "cuda"
+    assert gpu_env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "CUDA_VISIBLE_DEVICES" not in gpu_env  # each GPU worker's own
+    for e in (cpu_env, gpu_env):
+        assert e["JAX_COMPILATION_CACHE_DIR"] and e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]
+    workdir = cpu.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert Path(workdir) == ROOT
+    job_variables = json.dumps([d.job_variables for d in (cpu, gpu, nightly, batch)])
+    assert not any(secret in job_variables for secret in server.secrets())
+
     worker = subprocess.Popen(
-        [BIN / "prefect", "worker", "start", "--pool", pool, "--prefetch-seconds", "5"],
+        [BIN / "prefect", "worker", "start", "--pool", "sciml-cpu", "--prefetch-seconds", "5"],
         env=env,
         cwd=tmp_path,
         stdout=open(tmp_path / "worker.log", "w"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    out = tmp_path / "batch"
     try:
-        deadline = time.monotonic() + 600
-        with client(server) as c:
-            while True:
-                state = c.read_flow_run(run_id).state
-                if state.is_final() or time.monotonic() > deadline:
-                    break
-                time.sleep(2)
+        r = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "batch", str(LV / "lotka_volterra.csv")]
+            + ["--model", str(LV / "model_full.toml"), "--seeds", "0,1", "--out", str(out)]
+            + ["--engines", "sindy", "--deployment", "discover/cpu", "--timeout", "900"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
     finally:
         stop(worker, signals=2)  # a worker exits only on the second signal
     log = (tmp_path / "worker.log").read_text()[-3000:]
-    assert state.is_completed(), f"{state}\n{log}"
-    discovered = json.loads((out / "discovered.json").read_text())
-    assert discovered["parameters"]["beta"] == pytest.approx(0.9, rel=0.2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:] + log
+    summary = json.loads((out / "batch.json").read_text())
+    assert [run["state"] for run in summary["runs"]] == ["Completed", "Completed"]
+    names = sorted(Path(run["out"]).name for run in summary["runs"])
+    assert names == ["lotka_volterra-model_full-seed0", "lotka_volterra-model_full-seed1"]
+    index = (out / "index.html").read_text()
+    for name in names:
+        assert (out / name / "discovered.json").exists()
+        assert f"{name}/report.html" in index
+        beta = json.loads((out / name / "discovered.json").read_text())["parameters"]["beta"]
+        assert beta == pytest.approx(0.9, rel=0.2)
+    run_id = r.stdout.split("FLOW_RUN")[-1].split()[0] if "FLOW_RUN" in r.stdout else None
+    with client(server) as c:
+        children = (
+            c.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
+                )
+            )
+            if run_id
+            else [fr for fr in c.read_flow_runs() if fr.deployment_id == cpu.id]
+        )
+    assert len(children) == 2 and all(fr.state.is_completed() for fr in children)
+    assert all(fr.work_pool_name == "sciml-cpu" for fr in children)
+    # the pool's limit of 1: the worker ran them one after the other
+    first, second = sorted(children, key=lambda fr: fr.start_time)
+    assert first.end_time <= second.start_time, (first.end_time, second.start_time)
     assert_no_secret(server, [out, tmp_path / "worker.log"])
-    with client(server) as c:  # the deployment's job variables hold no secret either
-        deployment = c.read_deployment_by_name("discover/lv-nightly")
-        job_variables = json.dumps(deployment.job_variables)
-    assert not any(secret in job_variables for secret in server.secrets())
 
 
 def test_no_secret_in_the_logs(server):
