@@ -1,8 +1,10 @@
-# Two entry points: `make demo` and `make test`. Each creates .venv from pyproject.toml if needed.
+# Two entry points: `make demo` and `make test`. Each creates .venv from pyproject.toml if needed
+# (the `dev` extra: no torch; `make bench` adds the `bench` extra for its peer).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+BENCH   = $(VENV)/.installed-bench
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
@@ -11,7 +13,7 @@ export DO_NOT_TRACK ?= 1
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 1
 
-.PHONY: demo test test-deps lint format server bench clean
+.PHONY: demo test test-deps lint format server deploy worker bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +51,19 @@ format: $(STAMP)
 server: $(STAMP)
 	PREFECT_LOGGING_LEVEL=INFO scripts/prefect-server.sh
 
-bench: $(STAMP)
+# The deployments of prefect.yaml (work pools created first) on the server at PREFECT_API_URL,
+# and a worker for the CPU pool. docs/orchestration.md
+deploy: $(STAMP)
+	$(BIN)/sciml deploy
+
+worker: $(STAMP)
+	$(BIN)/prefect worker start --pool sciml-cpu --type process
+
+$(BENCH): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH)
+
+bench: $(BENCH)
 	$(BIN)/python bench/ude_step.py
 
 clean:

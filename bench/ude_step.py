@@ -5,7 +5,7 @@ standardised states), same initial weights (copied from the equinox network into
 solver (Dopri5, rtol 1e-6, atol 1e-8, discretise-then-optimise gradients), same data, float64,
 one thread each. One step = loss + gradient + Adam update.
 
-    python bench/ude_step.py [--steps 60] [--threads 1]
+    python bench/ude_step.py [--steps 60] [--threads 1]     # needs pip install -e '.[bench]'
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ def main() -> None:
         "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=" + str(args.threads)
     )
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    try:
+        import torch
+        import torchdiffeq
+    except ImportError as err:  # the peer is the `bench` extra, not a dependency of sciml
+        print(f"skipped: the peer needs torch and torchdiffeq ({err}): pip install -e '.[bench]'")
+        return
 
     import diffrax
     import equinox as eqx
@@ -34,8 +40,6 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
     import optax
-    import torch
-    import torchdiffeq
 
     import sciml
     from sciml._ude import init_ude
