@@ -102,13 +102,15 @@ class TrajectorySet:
         scale = np.mean(np.abs(allys), axis=0)
         return np.where(scale > 1e-12, scale, 1.0)
 
-    def segments(self, horizon: float, min_points: int = 8) -> TrajectorySet:
+    def segments(self, horizon: float, min_points: int = 8) -> tuple[TrajectorySet, np.ndarray]:
         """Each trajectory cut into consecutive pieces about `horizon` time units long (at
         least `min_points` points each), for multiple shooting: each piece is integrated from
         its own initial state, so that an error early on does not compound over the whole
-        series (oscillations, chaos, stiff transients)."""
-        pieces_out = []
+        series (oscillations, chaos, stiff transients). Returns the pieces and the index of
+        each trajectory's first piece."""
+        pieces_out, first = [], []
         for tr in self.trajectories:
+            first.append(len(pieces_out))
             span = tr.t1 - tr.t0
             pieces = int(span / horizon) if horizon > 0 and math.isfinite(horizon) else 1
             pieces = max(1, min(pieces, len(tr.t) // min_points))
@@ -118,7 +120,7 @@ class TrajectorySet:
             cuts = np.searchsorted(tr.t, tr.t0 + span * np.arange(1, pieces) / pieces)
             for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(tr.t)])):
                 pieces_out.append(Trajectory(f"{tr.name}[{k}]", tr.t[a:b], tr.y[a:b]))
-        return dataclasses.replace(self, trajectories=tuple(pieces_out))
+        return dataclasses.replace(self, trajectories=tuple(pieces_out)), np.asarray(first)
 
     def split_time(self, fraction: float) -> tuple[TrajectorySet, TrajectorySet | None]:
         """Split each trajectory at `fraction` of its time span: (training, held-out)."""

@@ -99,6 +99,13 @@ class UDEConfig:
     the L-BFGS polish) stops early once the loss on held-back points (every
     `validation_every`-th sample) has not improved by `min_improvement` (relative) for
     `patience` chunks of `chunk` steps.
+
+    Multiple shooting: the ODE phases integrate each trajectory in pieces `shooting_periods`
+    characteristic periods long (`2 pi * Smoothed.time_scale()` of the data), each from its own
+    trained initial state, anchored by the data at its first point. An oscillating or chaotic
+    series is then learned piece by piece instead of through one solve whose small phase errors
+    grow over the whole span; slow series are one piece. `math.inf`: one shooting per
+    trajectory.
     """
 
     width: int = 32
@@ -118,6 +125,7 @@ class UDEConfig:
     patience: int = 2  # chunks without improvement before a phase stops
     min_improvement: float = 0.02
     validation_every: int = 6
+    shooting_periods: float = 1.0
 
     def __post_init__(self):
         for name in ("width", "depth", "chunk", "patience", "validation_every"):
@@ -131,6 +139,8 @@ class UDEConfig:
         for name in ("learning_rate", "rtol", "atol"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"UDEConfig.{name} must be positive")
+        if not self.shooting_periods > 0:
+            raise ValueError("UDEConfig.shooting_periods must be positive")
         if self.penalty < 0 or self.min_improvement < 0:
             raise ValueError("UDEConfig.penalty and min_improvement must not be negative")
 
@@ -167,6 +177,19 @@ def _derivative_scale(data: TrajectorySet) -> np.ndarray:
     mostly measure the noise)."""
     s = np.std(smooth(data).dydt, axis=0)
     return np.where(s > 1e-12, s, 1.0)
+
+
+def _piece_starts(data: TrajectorySet, shots: TrajectorySet, first: np.ndarray) -> np.ndarray:
+    """Row of each shooting piece's first point in the data's concatenated samples."""
+    rows, offset = [], 0
+    ends = [*first[1:], len(shots)]
+    for tr, a, b in zip(data.trajectories, first, ends):
+        pos = offset
+        for piece in shots.trajectories[a:b]:
+            rows.append(pos)
+            pos += len(piece.t)
+        offset += len(tr.t)
+    return np.asarray(rows)
 
 
 def init_ude(
@@ -429,19 +452,23 @@ def train_ude(
     if not model.residual_states:
         raise ValueError("the model declares no [residual] states: nothing to train")
     ude = init_ude(model, fit.params, data, width=config.width, depth=config.depth, key=key)
-    ts, ys, mask = (jnp.asarray(a) for a in data.padded())
+    smoothed = smoothed if smoothed is not None else smooth(data)
+    horizon = config.shooting_periods * 2 * math.pi * smoothed.time_scale()
+    shots, first = data.segments(horizon)
+    ts, ys, mask = (jnp.asarray(a) for a in shots.padded())
     train_mask, val_mask = (
         jnp.asarray(m) for m in _validation_split(np.asarray(mask), config.validation_every)
     )
     has_val = bool(np.asarray(val_mask).sum() > 0)
     scale = jnp.asarray(data.state_scale())
-    y0s = jnp.asarray(fit.y0)
+    # Every piece starts from the smoothed state at its first point; with a collocation warm
+    # start the trajectories' own starts too: a mechanistic fit that misses part of the
+    # dynamics (with no theory, dy/dt = 0) can put its fitted y0 far off.
+    y0s = smoothed.y[_piece_starts(data, shots, first)]
+    if not config.collocation_steps:
+        y0s[first] = fit.y0
+    y0s = jnp.asarray(y0s)
     if config.collocation_steps:
-        smoothed = smoothed if smoothed is not None else smooth(data)
-        # Start each trajectory from its smoothed first state: a mechanistic fit that misses
-        # part of the dynamics (with no theory, dy/dt = 0) can put its fitted y0 far off.
-        firsts = np.array([np.flatnonzero(smoothed.trajectory == i)[0] for i in range(len(data))])
-        y0s = jnp.asarray(smoothed.y[firsts])
         keep = smoothed.interior if smoothed.interior.sum() >= 2 else slice(None)
         colloc = tuple(
             jnp.asarray(a) for a in (smoothed.t[keep], smoothed.y[keep], smoothed.dydt[keep])
@@ -571,7 +598,7 @@ def train_ude(
         raise NumericalError("training produced non-finite weights", stage="ude")
     if ckpt is not None:
         ckpt.remove()
-    return TrainedUDE(ude=ude, y0=np.asarray(y0s), history=history, config=config)
+    return TrainedUDE(ude=ude, y0=np.asarray(y0s)[first], history=history, config=config)
 
 
 def load_ude(folder: str | Path, model: MechanisticModel, data: TrajectorySet) -> TrainedUDE:
