@@ -67,31 +67,6 @@ def _run_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-class _Budget:
-    """A wall-clock budget (`--max-minutes`), checked between stages."""
-
-    def __init__(self, minutes: float | None):
-        self.minutes = minutes
-        self.deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
-        self.partial: dict[str, Any] | None = None
-
-    def left(self, stage: str) -> bool:
-        """Whether `stage` may start; the first time not, the run is marked partial."""
-        if self.partial is not None:
-            return False
-        if self.deadline is None or time.monotonic() < self.deadline:
-            return True
-        self.partial = {
-            "max_minutes": self.minutes,
-            "stopped_before": stage,
-            "reason": f"the time budget ({self.minutes:g} min) was spent before {stage}; "
-            "later stages were skipped (a rerun with a larger --max-minutes resumes from "
-            "the cached stages)",
-        }
-        logging.getLogger("sciml").warning("partial results: %s", self.partial["reason"])
-        return False
-
-
 @flow(name="discover", **FLOW_OPTIONS)
 def discover(params: DiscoverParams) -> dict[str, Any]:
     """Trajectory data and a model file in; DESIGN §4's files in `params.out`.
@@ -102,7 +77,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
     """
     note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
     from sciml._rundir import run_directory
-    from sciml.discover import RESULT_FILES
+    from sciml.discover import RESULT_FILES, TimeBudget
 
     config = discovery_config(params)
     results = str(params.results_dir.resolve())
@@ -114,7 +89,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
         timings[name] = time.perf_counter() - start
         return value
 
-    budget = _Budget(params.max_minutes)
+    budget = TimeBudget(params.max_minutes)
     with run_directory(params.out, clear=RESULT_FILES) as out, _run_log(out / "run.log"):
         inputs = tasks.ingest(str(params.data), None if params.model is None else str(params.model))
         fit = timed(
@@ -143,7 +118,7 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
             engines = []  # the models so far are still evaluated and reported
         tasks.record_config(inputs, config, str(out), ude, dense)
         ensemble = None
-        if config["ensemble"] and any(e["candidates"] for e in engines):
+        if config["ensemble"] and any(e["candidates"] for e in engines) and budget.left("ensemble"):
             ensemble = timed(
                 "ensemble",
                 in_results(tasks.ensemble_distillation, results),

@@ -528,6 +528,35 @@ def _attach_log(out: Path) -> logging.Handler:
     return handler
 
 
+class TimeBudget:
+    """A wall-clock budget (`max_minutes`, None: none), checked between stages: once spent, the
+    remaining stages are skipped and `partial` (why, and before which stage) is set; the
+    results so far are written as usual, marked partial."""
+
+    def __init__(self, max_minutes: float | None):
+        if max_minutes is not None and not max_minutes > 0:
+            raise InputError(f"max_minutes must be positive; got {max_minutes}")
+        self.max_minutes = max_minutes
+        self.deadline = None if max_minutes is None else time.monotonic() + 60.0 * max_minutes
+        self.partial: dict[str, Any] | None = None
+
+    def left(self, stage: str) -> bool:
+        """Whether `stage` may start; the first time not, the run becomes partial."""
+        if self.partial is not None:
+            return False
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return True
+        self.partial = {
+            "max_minutes": self.max_minutes,
+            "stopped_before": stage,
+            "reason": f"the time budget ({self.max_minutes:g} min) was spent before {stage}; "
+            "later stages were skipped (a rerun with a larger budget reuses the finished "
+            "stages where they are cached)",
+        }
+        log.warning("partial results: %s", self.partial["reason"])
+        return False
+
+
 def run_discovery(
     data_path: str | Path,
     model_path: str | Path | None,
@@ -539,17 +568,21 @@ def run_discovery(
     holdout: float = 0.0,
     ensemble: int = 0,
     show_progress: bool = True,
+    max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Run every discovery stage and write DESIGN §4's outputs into `out`; with `ensemble` K,
-    also K UDEs in one program, each distilled (`ensemble.csv`, `discovered.json`)."""
+    also K UDEs in one program, each distilled (`ensemble.csv`, `discovered.json`). With
+    `max_minutes`, stages that would start after that much wall-clock time are skipped and the
+    results are marked partial (`TimeBudget`)."""
     config = DiscoveryConfig.make(
         seed=seed, engines=engines, quick=quick, holdout=holdout, ensemble=ensemble
     )
+    budget = TimeBudget(max_minutes)
     model, data = load_inputs(data_path, model_path)  # bad input fails before any folder work
     with run_directory(out, clear=RESULT_FILES) as out:
         handler = _attach_log(out)
         try:
-            return _run(model, data, config, out, data_path, model_path, show_progress)
+            return _run(model, data, config, out, data_path, model_path, show_progress, budget)
         finally:
             log.removeHandler(handler)
             handler.close()
@@ -563,6 +596,7 @@ def _run(
     data_path: str | Path,
     model_path: str | Path | None,
     show_progress: bool,
+    budget: TimeBudget,
 ) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
@@ -590,7 +624,7 @@ def _run(
     trained = selection = None
     table = pd.DataFrame()
     unavailable: dict[str, str] = {}
-    if model.residual_states:
+    if model.residual_states and budget.left("UDE training"):
         if show_progress:
             bar, callback = rich_progress()
             with bar:
@@ -601,25 +635,30 @@ def _run(
             trained = timed("ude", ude_stage, fit, train, config, None, out / "ude-checkpoint")
         trained.save(out)
         write_json(out / "history.json", trained.history)
+    if trained is not None and budget.left("dense sampling"):
         dense = timed("dense", dense_stage, trained, train, config)
         _write_parquet(out / "dense.parquet", dense.to_frame())
         tables = []
         for engine in config.engines:
+            if not budget.left(f"symbolic regression ({engine})"):
+                break
             part, reason = timed(f"engine:{engine}", symbolic_stage, dense, engine, config)
             if reason is not None:
                 unavailable[engine] = reason
                 log.warning("engine %s unavailable: %s", engine, reason)
             tables.append(part)
-        table = pd.concat(tables, ignore_index=True)
-        if len(table):
+        table = pd.concat(tables, ignore_index=True) if tables else table
+        if len(table) and budget.left("selection and refit"):
             selection = timed("selection", selection_stage, model, fit, table, train, config)
             log.info("final equations: %s", selection.equations())
     ensemble = None
-    if selection is not None and config.ensemble:
+    if selection is not None and config.ensemble and budget.left("ensemble"):
         ensemble = timed("ensemble", ensemble_stage, model, fit, train, config)
     metrics, predictions = timed(
         "evaluation", evaluation_stage, model, fit, trained, selection, train, test, config
     )
     result = summarise(model, fit, selection, metrics, config, unavailable, ensemble)
+    if budget.partial is not None:
+        result["partial"] = budget.partial
     write_outputs(out, result, table, selection, predictions, timings)
     return {**result, "out": str(out), "timings": timings}

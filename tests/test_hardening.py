@@ -408,3 +408,17 @@ def test_xla_circular_simplification_lines_are_filtered_from_the_commands_stderr
     )
     assert proc.returncode == 0
     assert proc.stderr == "E1128 other.cc:1] a real error\nfrom Python\nlast, no newline"
+
+
+def test_run_discovery_max_minutes_marks_the_results_partial(tmp_path):
+    from sciml.discover import run_discovery
+
+    out = tmp_path / "lib run"
+    result = run_discovery(
+        DATA, MODEL, out, engines=("sindy",), quick=True, show_progress=False, max_minutes=1e-6
+    )
+    assert result["partial"]["stopped_before"] == "UDE training"
+    written = __import__("json").loads((out / "discovered.json").read_text())
+    assert written["partial"] == result["partial"] and not (out / "ude.eqx").exists()
+    with pytest.raises(sciml.InputError, match="max_minutes must be positive"):
+        run_discovery(DATA, MODEL, tmp_path / "x", max_minutes=0)
