@@ -422,3 +422,47 @@ def test_run_discovery_max_minutes_marks_the_results_partial(tmp_path):
     assert written["partial"] == result["partial"] and not (out / "ude.eqx").exists()
     with pytest.raises(sciml.InputError, match="max_minutes must be positive"):
         run_discovery(DATA, MODEL, tmp_path / "x", max_minutes=0)
+
+
+@pytest.mark.parametrize(
+    "argv, target",
+    [
+        (["cnf", "--data", str(ROOT / "data/cnf/two_moons.csv")], "sciml.cnf.run_cnf"),
+        (["classify", "--dataset", "digits"], "sciml.classify.run_classify"),
+    ],
+    ids=["cnf", "classify"],
+)
+def test_numerical_failure_in_cnf_and_classify_exits_3(
+    argv, target, prefect_harness, tmp_path, monkeypatch, capsys
+):
+    import importlib
+
+    out = tmp_path / "out é"
+    module, name = target.rsplit(".", 1)
+
+    def diverges(*args, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        raise sciml.NumericalError("the loss became NaN", stage=argv[0], hint="fewer steps")
+
+    monkeypatch.setattr(importlib.import_module(module), name, diverges)
+    code = cli.main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err == (
+        f"sciml {argv[0]}: numerical failure: [{argv[0]}]: the loss became NaN; try fewer steps"
+        f" (traceback in {out / 'run.log'})\n"
+    )
+    assert "Traceback" in (out / "run.log").read_text(encoding="utf-8")
+
+
+def test_numerical_failure_in_the_pipeline_command_exits_3(prefect_harness, tmp_path, capsys):
+    model = tmp_path / "m.toml"
+    model.write_text(BLOWS_UP)
+    out = tmp_path / "pipe line"
+    code = cli.main(
+        ["pipeline", str(DATA), "--model", str(model), "--out", str(out), "--engines", "sindy"]
+    )
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err.startswith("sciml pipeline: numerical failure: [mechanistic] trajectory '0'")
+    assert "Traceback" in (out / "discover" / "run.log").read_text()
