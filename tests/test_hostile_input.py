@@ -199,6 +199,28 @@ MODEL_CASES = [
         ("not UTF-8",),
     ),
     Case("model_is_a_folder", "model", "m.toml", folder, ("is a folder",)),
+    # round 2: bounds and names
+    Case(
+        "bound_excludes_value",
+        "model",
+        "m.toml",
+        model(params="a = { value = 1.0, min = 2.0 }"),
+        ("model.parameters.a.value", "outside [min, max] = [2, inf]"),
+    ),
+    Case(
+        "bounds_reversed",
+        "model",
+        "m.toml",
+        model(params="a = { value = 1.0, min = 3.0, max = -3.0 }"),
+        ("model.parameters.a", "min (3) must be below max (-3)"),
+    ),
+    Case(
+        "keyword_state_name",
+        "model",
+        "m.toml",
+        model(states='["x", "y", "lambda"]', extra='lambda = "0"\n'),
+        ("state name 'lambda' is a Python keyword", "'lambda_'"),
+    ),
     Case(
         "larger_than_1MB",
         "model",
