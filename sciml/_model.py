@@ -60,7 +60,7 @@ class MechanisticModel:
             raise ValueError("one equation per state")
         if self.bounds and len(self.bounds) != n:
             raise ValueError("bounds: one (min, max) per parameter, or none")
-        for (lo, hi), g, name in zip(self.parameter_bounds, self.guesses, self.parameters):
+        for (lo, hi), g, name in zip(self.bounds, self.guesses, self.parameters):
             if not lo <= g <= hi or lo >= hi:
                 raise ValueError(f"parameter {name}: need min < max and min <= value <= max")
 
