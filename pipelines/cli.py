@@ -389,6 +389,11 @@ def _run(args: argparse.Namespace) -> None:
             epochs=args.epochs,
         )
         _check_out(params.out)
+        from sciml.classify import load_npz
+
+        for path in (params.data, params.test):
+            if path is not None:
+                load_npz(path)  # fail fast on bad data, before Prefect starts
         from pipelines.flows import classify
 
         _quiet_expected_failures()
