@@ -8,7 +8,8 @@ see `pipelines._signals`).
 
 Each command validates its input first (fast, before Prefect starts), then runs its Prefect flow:
 against the server at `PREFECT_API_URL` when set, else Prefect's embedded temporary API (SQLite).
-`deploy` and `sweep` schedule and spread the same flows.
+`deploy` registers the deployments of `prefect.yaml`; `batch` (a work pool) and `sweep` (Dask)
+spread the same flows.
 """
 
 from __future__ import annotations
@@ -465,6 +466,9 @@ def _run(args: argparse.Namespace) -> None:
         for data in params.data:
             for model in params.models:
                 load_inputs(data, model)
+        from pipelines.deploy import require_server
+
+        require_server("a batch's runs go to a deployment's work pool")
         from pipelines.batch import batch
 
         result = batch(params)

@@ -83,10 +83,24 @@ def ensure_work_pool(name: str, limit: int | None = None, pool_type: str = "proc
     return f"work pool {name!r} exists"
 
 
+def require_server(why: str) -> None:
+    """Raise `InputError` unless a Prefect server is configured (`PREFECT_API_URL`)."""
+    from prefect.settings import get_current_settings
+
+    from sciml import InputError
+
+    if not get_current_settings().api.url:
+        raise InputError(
+            f"no server: set PREFECT_API_URL (and PREFECT_API_AUTH_STRING) to the Prefect server "
+            f"the workers use ({why})"
+        )
+
+
 def deploy(names: Sequence[str] = (), limits: Mapping[str, int] | None = None) -> list[str]:
     """Create the pools, then `prefect deploy` the chosen deployments; their `flow/name`s."""
     from sciml import InputError
 
+    require_server("deployments on a temporary API would vanish")
     chosen = select(names, deployments())
     limits = dict(limits or {})
     pools = list(dict.fromkeys(d["work_pool"]["name"] for d in chosen))

@@ -557,8 +557,15 @@ def test_prefect_yaml_declares_cpu_gpu_and_on_demand_deployments():
         select(["discover/nope"], list(found.values()))
 
 
-def test_deploy_limit_must_name_a_pool_count(tmp_path):
-    r = _sciml("deploy", "--limit", "sciml-cpu=0")
+def test_deploy_needs_a_server_and_names_it_knows(tmp_path):
+    server = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}  # checked before any request
+    r = _sciml("deploy", "--limit", "sciml-cpu=0", env=server)
     assert r.returncode == 2 and "POOL=N" in r.stderr, r.stderr
-    r = _sciml("deploy", "no-such-deployment")
+    r = _sciml("deploy", "no-such-deployment", env=server)
     assert r.returncode == 2 and "not in prefect.yaml" in r.stderr, r.stderr
+    no_server = {"PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path)}
+    r = _sciml("deploy", env=no_server)
+    assert r.returncode == 2 and "set PREFECT_API_URL" in r.stderr, r.stderr
+    r = _sciml("batch", str(CSV), "--out", str(tmp_path / "b"), env=no_server)
+    assert r.returncode == 2 and "set PREFECT_API_URL" in r.stderr, r.stderr
+    assert not (tmp_path / "b").exists()
