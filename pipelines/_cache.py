@@ -190,6 +190,8 @@ class LockManager(FileSystemLockManager):
                 try:
                     os.link(tmp, path)  # atomic: fails when another holder got there first
                 except FileExistsError:
+                    if self.is_lock_holder(key, holder):
+                        return True  # already ours
                     continue
                 self._locks[key] = {**body, "expiration": None, "path": path}
                 return True

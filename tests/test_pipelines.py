@@ -138,6 +138,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     )
     assert not locks.is_locked("k")
     assert locks.acquire_lock("k", holder="me", acquire_timeout=1)
+    assert locks.acquire_lock("k", holder="me", acquire_timeout=1)  # already ours
     other = _cache.LockManager(tmp_path)  # another run: waits, times out
     assert other.is_locked("k") and not other.acquire_lock("k", holder="it", acquire_timeout=0.3)
     threading.Timer(0.3, locks.release_lock, ("k", "me")).start()
