@@ -149,9 +149,6 @@ class LockManager(FileSystemLockManager):
     id, and a lock whose process on this host is gone (a killed run) is taken over.
     """
 
-    def __init__(self, lock_files_directory: Path) -> None:
-        super().__init__(lock_files_directory)
-
     def _get_lock_info(self, key: str, use_cache: bool = True) -> Any:
         if use_cache and (info := self._locks.get(key)) is not None:
             return info
