@@ -102,25 +102,28 @@ class TrajectorySet:
         scale = np.mean(np.abs(allys), axis=0)
         return np.where(scale > 1e-12, scale, 1.0)
 
-    def segments(self, horizon: float, min_points: int = 8) -> tuple[TrajectorySet, np.ndarray]:
+    def segments(self, horizon: float, min_points: int = 8) -> Shooting:
         """Each trajectory cut into consecutive pieces about `horizon` time units long (at
         least `min_points` points each), for multiple shooting: each piece is integrated from
         its own initial state, so that an error early on does not compound over the whole
-        series (oscillations, chaos, stiff transients). Returns the pieces and the index of
-        each trajectory's first piece."""
-        pieces_out, first = [], []
+        series (oscillations, chaos, stiff transients)."""
+        pieces_out, first, rows, offset = [], [], [], 0
         for tr in self.trajectories:
             first.append(len(pieces_out))
             span = tr.t1 - tr.t0
             pieces = int(span / horizon) if horizon > 0 and math.isfinite(horizon) else 1
             pieces = max(1, min(pieces, len(tr.t) // min_points))
-            if pieces == 1:
-                pieces_out.append(tr)
-                continue
             cuts = np.searchsorted(tr.t, tr.t0 + span * np.arange(1, pieces) / pieces)
             for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(tr.t)])):
-                pieces_out.append(Trajectory(f"{tr.name}[{k}]", tr.t[a:b], tr.y[a:b]))
-        return dataclasses.replace(self, trajectories=tuple(pieces_out)), np.asarray(first)
+                name = tr.name if pieces == 1 else f"{tr.name}[{k}]"
+                pieces_out.append(Trajectory(name, tr.t[a:b], tr.y[a:b]))
+                rows.append(offset + a)
+            offset += len(tr.t)
+        return Shooting(
+            dataclasses.replace(self, trajectories=tuple(pieces_out)),
+            np.asarray(first),
+            np.asarray(rows),
+        )
 
     def split_time(self, fraction: float) -> tuple[TrajectorySet, TrajectorySet | None]:
         """Split each trajectory at `fraction` of its time span: (training, held-out)."""
@@ -133,6 +136,19 @@ class TrajectorySet:
                 test.append(Trajectory(tr.name, tr.t[~keep], tr.y[~keep]))
         test_set = dataclasses.replace(self, trajectories=tuple(test)) if test else None
         return dataclasses.replace(self, trajectories=tuple(train)), test_set
+
+
+@dataclasses.dataclass(frozen=True)
+class Shooting:
+    """Trajectories cut into pieces for multiple shooting (`TrajectorySet.segments`)."""
+
+    pieces: TrajectorySet
+    first: np.ndarray  # (trajectories,) index of each trajectory's first piece
+    rows: np.ndarray  # (pieces,) each piece's first sample, as a row of the concatenated data
+
+    @property
+    def cut(self) -> bool:
+        return len(self.pieces) > len(self.first)
 
 
 def from_arrays(

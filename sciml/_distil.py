@@ -284,7 +284,6 @@ class Refit:
     n: int
     k: int
     ok: bool
-    shooting_y0: np.ndarray | None = None  # (segments, D) every shooting segment's start
 
     @property
     def bic(self) -> float:
@@ -299,11 +298,14 @@ class Refitter:
     costs no recompilation.
 
     Multiple shooting: each trajectory is cut into pieces `horizon` long (by default one
-    characteristic period of the data, `2 pi * Smoothed.time_scale()`), each integrated from
-    its own fitted initial state. On oscillating, stiff or chaotic series one shooting over the
-    whole span makes the right equations look wrong (a small phase error grows without bound)
-    and the least squares stall far from the optimum; on slow, monotone series the horizon
-    covers the whole span and nothing changes. `horizon=math.inf` is single shooting.
+    characteristic period of the data, `2 pi * Smoothed.time_scale()`). A trajectory's first
+    piece starts from its fitted initial state, the others from the smoothed data at their
+    first point (not fitted: one more free state per piece would multiply the columns of the
+    Jacobian, i.e. the cost of every iteration). On oscillating, stiff or chaotic series one
+    shooting over the whole span makes the right equations look wrong (a small phase error
+    grows without bound) and the least squares stall far from the optimum; on slow, monotone
+    series the horizon covers the whole span and nothing changes. `horizon=math.inf` is single
+    shooting.
     """
 
     def __init__(
@@ -321,12 +323,16 @@ class Refitter:
         self.term_model = term_model
         if horizon is None:
             horizon = 2 * math.pi * smooth(data).time_scale()
-        shots, self._first = data.segments(horizon)
-        fit_initial_state = fit_initial_state or len(shots) > len(data)
-        data = shots
+        shooting = data.segments(horizon)
         self.data = data
         model = term_model.model
-        ts, ys, mask = (jnp.asarray(a) for a in data.padded())
+        ts, ys, mask = (jnp.asarray(a) for a in shooting.pieces.padded())
+        starts = np.array(ys[:, 0, :])
+        if shooting.cut:
+            later = np.setdiff1d(np.arange(len(shooting.pieces)), shooting.first)
+            starts[later] = smooth(data).y[shooting.rows[later]]
+        starts, first = jnp.asarray(starts), jnp.asarray(shooting.first)
+        self._first = shooting.first
         scale = jnp.asarray(data.state_scale())
         self.n = int(np.asarray(mask).sum()) * ys.shape[-1]
         guesses = np.asarray(model.guesses)
@@ -337,7 +343,7 @@ class Refitter:
         def unpack(theta, pmask):
             z, dy0 = theta
             params = pmask * pscale * z
-            y0s = ys[:, 0, :] + (dy0 * scale if fit_initial_state else 0.0)
+            y0s = starts.at[first].add(dy0 * scale if fit_initial_state else 0.0)
             return params, y0s
 
         def residuals(theta, pmask):
@@ -368,7 +374,7 @@ class Refitter:
 
         self._unpack = eqx.filter_jit(unpack)
         self._run = run
-        self._ys = ys
+        self._y0 = starts[first]
 
     def fit(
         self,
@@ -380,9 +386,9 @@ class Refitter:
         pmask = jnp.asarray(tm._param_mask(term_mask))
         p0 = np.asarray(tm.model.guesses) if start is None else np.asarray(start)
         z0 = jnp.asarray(p0) / self._pscale
-        dy0 = jnp.zeros(self._ys.shape[0:1] + self._ys.shape[2:])
+        dy0 = jnp.zeros_like(self._y0)
         if y0 is not None and self._fit_y0:
-            dy0 = (jnp.asarray(y0) - self._ys[:, 0, :]) / jnp.asarray(self.data.state_scale())
+            dy0 = (jnp.asarray(y0) - self._y0) / jnp.asarray(self.data.state_scale())
         theta, sse, jz = self._run((z0, dy0), pmask)
         params, y0s = self._unpack(theta, pmask)
         params, sse = np.asarray(params), float(sse)
@@ -398,8 +404,7 @@ class Refitter:
         except np.linalg.LinAlgError:
             stderr[active] = np.nan
         ok = math.isfinite(sse) and sse < _FAILED**2 and bool(np.all(np.isfinite(params)))
-        y0s = np.asarray(y0s)
-        return Refit(params, stderr, y0s[self._first], sse, self.n, k, ok, shooting_y0=y0s)
+        return Refit(params, stderr, np.asarray(y0s)[self._first], sse, self.n, k, ok)
 
 
 # -- selection -----------------------------------------------------------------------------------
@@ -754,7 +759,7 @@ def prune_terms(
         _, i = min(options)
         trial = list(mask)
         trial[i] = False
-        f = refitter.fit(trial, start=fit.params, y0=fit.shooting_y0)
+        f = refitter.fit(trial, start=fit.params, y0=fit.y0)
         if not f.ok or f.bic >= fit.bic:
             rejected.add(i)  # this term is needed; try the next least significant one
             continue

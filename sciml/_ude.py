@@ -179,19 +179,6 @@ def _derivative_scale(data: TrajectorySet) -> np.ndarray:
     return np.where(s > 1e-12, s, 1.0)
 
 
-def _piece_starts(data: TrajectorySet, shots: TrajectorySet, first: np.ndarray) -> np.ndarray:
-    """Row of each shooting piece's first point in the data's concatenated samples."""
-    rows, offset = [], 0
-    ends = [*first[1:], len(shots)]
-    for tr, a, b in zip(data.trajectories, first, ends):
-        pos = offset
-        for piece in shots.trajectories[a:b]:
-            rows.append(pos)
-            pos += len(piece.t)
-        offset += len(tr.t)
-    return np.asarray(rows)
-
-
 def init_ude(
     model: MechanisticModel,
     params: Sequence[float],
@@ -454,8 +441,9 @@ def train_ude(
     ude = init_ude(model, fit.params, data, width=config.width, depth=config.depth, key=key)
     smoothed = smoothed if smoothed is not None else smooth(data)
     horizon = config.shooting_periods * 2 * math.pi * smoothed.time_scale()
-    shots, first = data.segments(horizon)
-    ts, ys, mask = (jnp.asarray(a) for a in shots.padded())
+    shooting = data.segments(horizon)
+    first = shooting.first
+    ts, ys, mask = (jnp.asarray(a) for a in shooting.pieces.padded())
     train_mask, val_mask = (
         jnp.asarray(m) for m in _validation_split(np.asarray(mask), config.validation_every)
     )
@@ -464,7 +452,7 @@ def train_ude(
     # Every piece starts from the smoothed state at its first point; with a collocation warm
     # start the trajectories' own starts too: a mechanistic fit that misses part of the
     # dynamics (with no theory, dy/dt = 0) can put its fitted y0 far off.
-    y0s = smoothed.y[_piece_starts(data, shots, first)]
+    y0s = smoothed.y[shooting.rows]
     if not config.collocation_steps:
         y0s[first] = fit.y0
     y0s = jnp.asarray(y0s)

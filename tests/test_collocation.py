@@ -68,12 +68,17 @@ def test_smoothing_keeps_fast_oscillations_noise_free_and_noisy():
 def test_segments_cut_by_time_and_keep_every_point_once():
     t = np.linspace(0, 10, 101)
     data = sciml.from_arrays(["x"], [t, t[:9]], [np.sin(t)[:, None], np.sin(t[:9])[:, None]])
-    shots, first = data.segments(2.5)
-    assert [len(tr.t) for tr in shots.trajectories] == [25, 25, 25, 26, 9]
-    assert list(first) == [0, 4]
-    np.testing.assert_array_equal(np.concatenate([tr.t for tr in shots.trajectories[:4]]), t)
+    shooting = data.segments(2.5)
+    assert shooting.cut
+    assert [len(tr.t) for tr in shooting.pieces.trajectories] == [25, 25, 25, 26, 9]
+    assert list(shooting.first) == [0, 4]
+    assert list(shooting.rows) == [0, 25, 50, 75, 101]
+    pieces = shooting.pieces.trajectories
+    np.testing.assert_array_equal(np.concatenate([tr.t for tr in pieces[:4]]), t)
     # Too short to cut (fewer than 8 points a piece), or an infinite horizon: unchanged.
-    assert data.segments(np.inf)[0].trajectories == data.trajectories
+    whole = data.segments(np.inf)
+    assert not whole.cut
+    assert [tr.name for tr in whole.pieces.trajectories] == data.names
 
 
 def test_collocation_score_prefers_the_true_terms():
