@@ -243,7 +243,8 @@ def fit_sciml(case: Case, run_dir: Path, settings: dict[str, Any]) -> tuple[dict
     notes = []
     unavailable = (result.get("engines") or {}).get("unavailable") or {}
     if unavailable:  # the equations then fall back to the (empty) theory
-        notes += [f"engine {e} unavailable: {why}" for e, why in unavailable.items()]
+        # Short: the reason (e.g. no Julia for PySR) is in the run's discovered.json.
+        notes += [f"{e} unavailable" for e in unavailable]
     try:
         from sciml.report import render_report
 
