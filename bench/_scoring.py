@@ -1,5 +1,5 @@
 """Scoring for the discovery suite (bench/suite.py), written from the benchmark protocol in
-/work/shared/benchmarks/README.md (ODEBench's, as in the ODEFormer paper).
+ODEBench's benchmark (as in the ODEFormer paper; its cases are not in this repository).
 
 - Equations are SymPy strings over the state names, parsed with an explicit `local_dict` of the
   states (so `x0`, `E`, `S`, ... are plain symbols, never SymPy objects).

@@ -4,10 +4,10 @@
         [--methods sciml,pysindy,weak-sindy] [--seed 0] [--engines sindy,operon,pysr] [--quick]
         [--timeout SECONDS] [--retry-failed]
 
-CASES_DIR holds one folder per system (e.g. /work/shared/benchmarks/odebench-dev/cases_noise05):
+CASES_DIR holds one folder per system (e.g. ODEBench's odebench-dev/cases_noise05; not in git):
 `data.csv` (long form trajectory,t,x0[,x1..]), `model.toml` (no theory), `truth.json` (true
 right-hand sides, `odebench.init` initial states, `odebench.terms` term sets). The protocol is
-in /work/shared/benchmarks/README.md. Per system, every method fits trajectory 0 only:
+ODEBench's (as in the ODEFormer paper). Per system, every method fits trajectory 0 only:
 
 - `sciml`: `sciml.discover.run_discovery` on a copy of trajectory 0 (DIR/runs/<case>/input.csv),
   run folder DIR/runs/<case>/ with its report; DIR/runs/index.html links them all.
@@ -641,7 +641,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, cases_dir: Pa
     parts = [
         "# Discovery suite",
         "",
-        f"Cases: `{cases_dir}`; {settings}. Protocol: fit trajectory 0; R² against the noise-free "
+        f"Cases: `{cases_dir.parent.name}/{cases_dir.name}` (ODEBench); {settings}. Protocol: fit "
+        "trajectory 0; R² against the noise-free "
         "truth from trajectory 0's (reconstruction) and trajectory 1's (generalization) true "
         "initial state; solved at R² ≥ 0.9.",
         "",

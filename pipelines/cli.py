@@ -1,4 +1,4 @@
-"""The `sciml` command line (DESIGN §1).
+"""The `sciml` command line (docs/cli.md).
 
 Exit codes: 0 success; 2 bad input (the message names the file, column, row or key); 3 a
 numerical failure (one line naming the stage, the trajectory and what to try; the traceback in

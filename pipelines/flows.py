@@ -69,7 +69,7 @@ def _run_log(path: Path) -> Iterator[None]:
 
 @flow(name="discover", **FLOW_OPTIONS)
 def discover(params: DiscoverParams) -> dict[str, Any]:
-    """Trajectory data and a model file in; DESIGN §4's files in `params.out`.
+    """Trajectory data and a model file in; docs/outputs.md's files in `params.out`.
 
     Stages: ingest, mechanistic fit, UDE training, dense sampling, one symbolic regression per
     engine, selection and refit, report; then the artifacts (equations, Pareto table, report

@@ -171,7 +171,7 @@ class SweepParams(_Params):
     @classmethod
     def _no_pysr(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         # PySR runs Julia, which must be driven from a process's main thread; Dask runs tasks
-        # in worker threads (DESIGN §7).
+        # in worker threads (docs/cli.md, `sciml sweep`).
         if "pysr" in v:
             raise ValueError("pysr cannot run in Dask worker threads; sweep with sindy/operon")
         return tuple(dict.fromkeys(v))

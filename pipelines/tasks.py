@@ -204,7 +204,7 @@ def selection_and_refit(
     timings: dict[str, float],
     ensemble: str | None = None,
 ) -> str:
-    """Choose and refit the formulas, evaluate every model: DESIGN §4's files, in a results
+    """Choose and refit the formulas, evaluate every model: docs/outputs.md's files, in a results
     folder (copied into the run's folder by `write_results`); with an `ensemble` summary
     (`ensemble_distillation`), each discovered term's frequency and interval too."""
     from sciml._ude import load_ude

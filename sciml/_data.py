@@ -1,4 +1,4 @@
-"""Trajectory data: loading, validation and batching (DESIGN §2).
+"""Trajectory data: loading, validation and batching (docs/data.md).
 
 Long-form CSV or Parquet: a time column, one numeric column per state and, optionally, a
 trajectory id column. Every refusal is a `DataError` whose message names the file and, where it

@@ -1,4 +1,4 @@
-"""The model file (DESIGN §3): states, parameters, known equations, residual states.
+"""The model file (docs/model-file.md): states, parameters, known equations, residual states.
 
 A `MechanisticModel` holds the equations as SymPy expressions (for printing, inlining fitted
 numbers and adding discovered terms) and evaluates them with JAX.

@@ -386,7 +386,7 @@ def summarise(
     unavailable: dict[str, str],
     ensemble: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of `discovered.json` (DESIGN §4), deterministic for a given seed; with an
+    """The content of `discovered.json` (docs/outputs.md), deterministic for a given seed; with an
     `ensemble` summary (`ensemble_stage`), each discovered term's frequency and interval."""
     result: dict[str, Any] = {
         "parameters": fit.parameter_dict,
@@ -461,7 +461,7 @@ def _write_parquet(path: Path, df: pd.DataFrame) -> None:
 
 
 def pareto_csv(table: pd.DataFrame, selection: Selection | None) -> pd.DataFrame:
-    """The one Pareto table of DESIGN §4: state, engine, complexity, loss, score, equation,
+    """The Pareto table (docs/outputs.md): state, engine, complexity, loss, score, equation,
     selected, then engine-specific columns (JSON-encoded where they hold dicts)."""
     csv = table.drop(columns=[c for c in table.columns if c.startswith("_") or c == "sympy_format"])
     selected = np.zeros(len(table), dtype=bool)
@@ -485,7 +485,7 @@ def write_outputs(
     predictions: pd.DataFrame,
     timings: dict[str, float],
 ) -> None:
-    """Write DESIGN §4's files; `discovered.json` last, so it appears only when all is there."""
+    """Write the run's files (docs/outputs.md), `discovered.json` last: there only when all is."""
     _write_parquet(out / "predictions.parquet", predictions)
     if len(table):
         with atomic_path(out / "equations.csv") as tmp:
@@ -570,7 +570,7 @@ def run_discovery(
     show_progress: bool = True,
     max_minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Run every discovery stage and write DESIGN §4's outputs into `out`; with `ensemble` K,
+    """Run every discovery stage and write docs/outputs.md's files into `out`; with `ensemble` K,
     also K UDEs in one program, each distilled (`ensemble.csv`, `discovered.json`). With
     `max_minutes`, stages that would start after that much wall-clock time are skipped and the
     results are marked partial (`TimeBudget`)."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A project-local PostgreSQL cluster for the Prefect server (DESIGN §1, docs/orchestration.md).
+# A project-local PostgreSQL cluster for the Prefect server (docs/orchestration.md).
 #
 #   scripts/pg-server.sh start    # initdb on first use, start, create the database
 #   scripts/pg-server.sh stop     # fast shutdown

@@ -32,7 +32,7 @@ def _simulate(field, y0, t) -> np.ndarray:
 
 
 def write_run(folder: Path, *, n_points: int = 20) -> Path:
-    """A complete run folder (DESIGN §4) from a known Lotka–Volterra system, written directly."""
+    """A complete run folder (docs/outputs.md) of a known Lotka–Volterra system, written here."""
     folder.mkdir(parents=True)
     t = np.linspace(0.0, 5.0, n_points)
     y0 = [1.0, 1.0]

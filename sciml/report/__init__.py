@@ -1,7 +1,7 @@
 """The review report of a discovery run: one self-contained HTML page per run, and an index.
 
 `render_report(run_dir)` (re)writes `run_dir/report.html` from the files a run leaves behind
-(DESIGN §4); `render_index(runs_dir)` writes `runs_dir/index.html`, the discovered equations of
+(docs/outputs.md); `render_index(runs_dir)` writes `runs_dir/index.html`, the equations of
 every run in the folder side by side. Pages open offline: figures are embedded PNG images and
 equations are MathML, which browsers render natively. Pure library: no Prefect here.
 """

@@ -1,4 +1,4 @@
-"""Everything a report shows, read from a run folder (DESIGN §4), tolerant of missing parts."""
+"""All a report shows, read from a run folder (docs/outputs.md), tolerant of missing parts."""
 
 from __future__ import annotations
 
