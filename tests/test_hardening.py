@@ -276,7 +276,7 @@ def plain_names_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("states, params", [(("I", "if_x"), ("E", "lambda_"))])
+@pytest.mark.parametrize("states, params", [(("I", "if_x"), ("E", "lambda_"))], ids=["I-if_x"])
 def test_odd_names_through_selection_outputs_and_report(states, params, plain_names_run, tmp_path):
     """The same data under odd names gives the same equations as under x and y, and the
     outputs and the report carry the names."""
