@@ -53,7 +53,7 @@ def test_the_check_finds_a_citation(tmp_path):
     cited = tmp_path / "m.py"
     cited.write_text('"""Loading.\n\nAs in DESIGN \u00a72."""\n', encoding="utf-8")
     (tmp_path / "ok.py").write_text("# see docs/data.md\n")
-    (tmp_path / "docs" / "x.md").write_text("../shared\n")
+    (tmp_path / "docs" / "x.md").write_text(FOREIGN[1] + "\n")
     paths = [cited, tmp_path / "ok.py", tmp_path / "docs" / "x.md"]
     assert _foreign_references(paths, tmp_path) == ["m.py:3: 'DESIGN \u00a7'"]
 
