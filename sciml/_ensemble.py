@@ -2,8 +2,12 @@
 
 K members differ in the network's initial weights (one key each) and in a bootstrap resample
 of the data: each member draws the training points with replacement, written as integer
-weights on the points (so every member has the same shapes and all K train under one
-`eqx.filter_vmap`). The schedule is `train_ude`'s first two phases: collocation on the smoothed
+weights on the points (so every member has the same shapes). All K advance together: each
+Adam step through the ODE is one solve of the members' stacked states (K, D), their fields
+evaluated under `eqx.filter_vmap` (a `vmap` of K separate solves batches K adaptive while
+loops, and costs as much per member); the step-size controller takes the worst member's error,
+and a member that leaves the box around the data is frozen there rather than failing everyone's
+solve. The schedule is `train_ude`'s first two phases: collocation on the smoothed
 derivatives (its points resampled the same way), then Adam through the ODE solve on growing
 windows. Each member stops a phase on its own when its loss on the held-back points (the same
 points for every member, never resampled) stops improving; a stopped member is frozen while
@@ -12,7 +16,8 @@ is no L-BFGS polish: its line search does not batch well, and the ensemble is fo
 for the last digit of one fit.
 
 Every member is then distilled like the main run (dense samples, the symbolic engines, selection
-and refit through the ODE against the data), and `summarise_ensemble` reports for every
+and refit through the ODE), its model refit to a random half of the data (`half_sample`), and
+`summarise_ensemble` reports for every
 discovered term the fraction of members whose final model includes it and the spread of its
 refit coefficient over those members.
 """
@@ -34,7 +39,7 @@ import pandas as pd
 import sympy as sp
 from jaxtyping import PRNGKeyArray
 
-from ._data import TrajectorySet
+from ._data import MIN_POINTS, TrajectorySet
 from ._errors import NumericalError
 from ._mechanistic import MechanisticFit
 from ._smooth import Smoothed, smooth
@@ -111,20 +116,20 @@ def _member_field(static, active, bound):
     return field
 
 
-def resample(data: TrajectorySet, weights: np.ndarray) -> TrajectorySet:
-    """`data` with each point repeated as often as its bootstrap count (`weights`, shaped as
-    `data.padded()`'s mask): a least-squares fit to it is the fit weighted by the counts.
-    Times repeat (the ODE solvers accept non-decreasing times); a trajectory no point of which
-    was drawn is left out."""
+def half_sample(data: TrajectorySet, *, seed: int) -> TrajectorySet:
+    """Half of each trajectory's points, drawn without replacement (times stay distinct).
+
+    A least-squares fit to a random half of n points varies about the fit to all n as much as
+    a fit to a bootstrap resample does (variance sigma^2 (1/(n/2) - 1/n) = sigma^2 / n: the
+    half-sampling estimate of a bootstrap), and unlike a resample with repeats it keeps the
+    times strictly increasing, which the smoothing and the shooting segments need."""
+    rng = np.random.default_rng(seed)
     trajectories = []
-    for tr, w in zip(data.trajectories, np.asarray(weights)):
-        counts = np.rint(w[: len(tr.t)]).astype(int)
-        if counts.sum() >= 2:
-            trajectories.append(
-                dataclasses.replace(tr, t=np.repeat(tr.t, counts), y=np.repeat(tr.y, counts, 0))
-            )
-    if not trajectories:
-        raise NumericalError("a bootstrap resample kept no trajectory", stage="ensemble")
+    for tr in data.trajectories:
+        n = len(tr.t)
+        m = max(n // 2, min(n, MIN_POINTS))
+        rows = np.sort(rng.choice(n, size=m, replace=False))
+        trajectories.append(dataclasses.replace(tr, t=tr.t[rows], y=tr.y[rows]))
     return dataclasses.replace(data, trajectories=tuple(trajectories))
 
 
@@ -262,6 +267,7 @@ class TrainedEnsemble:
     weights: np.ndarray  # (K, N, M) bootstrap counts of every data point (`data.padded()`)
     steps: int  # optimiser steps run by the compiled program (each on every member)
     failed: np.ndarray  # (K,) bool: members stopped because their own solves failed
+    seeds: np.ndarray  # (K,) a seed per member for its later resampling (`half_sample`)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -441,7 +447,8 @@ def train_ensemble(
         if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves):
             raise NumericalError(f"ensemble member {m} has non-finite weights", stage="ensemble")
         members.append(TrainedUDE(ude=ude, y0=np.asarray(y0), history=history[m], config=config))
-    return TrainedEnsemble(tuple(members), np.asarray(weights), steps, failed)
+    seeds = np.random.default_rng(seed + 2).integers(0, 2**31 - 1, size=k)
+    return TrainedEnsemble(tuple(members), np.asarray(weights), steps, failed, seeds)
 
 
 # -- distillation and what the members agree on -------------------------------------------------
@@ -458,11 +465,7 @@ class MemberTerms:
 def member_terms(selection) -> MemberTerms:
     """The kept discovered terms of a `Selection`, each as (state, term with coefficient 1)."""
     tm, refit = selection.term_model, selection.refit
-    inner = {
-        sp.Symbol(name, real=True): sp.Float(float(value), 6)
-        for name, value in zip(tm.model.parameters, refit.params)
-        if not name.startswith("c_")
-    }
+    inner = tm.inner_constants(refit.params, digits=6)
     terms = {}
     for term, keep in zip(tm.terms, selection.mask):
         if keep and term.origin == "discovered":
@@ -477,16 +480,18 @@ def distil_members(
     data: TrajectorySet,
     *,
     candidates: Callable[[object], pd.DataFrame],
-    select: Callable[[pd.DataFrame, TrajectorySet], object],
+    select: Callable[[pd.DataFrame], object],
     key: PRNGKeyArray,
     n_extra_starts: int = 4,
     smoothed: Smoothed | None = None,
+    fit_initial_state: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[MemberTerms]:
     """Every member through the distillation stages: dense samples along its field, the
-    engines' candidates (`candidates(dense)`), selection and refit against the member's own
-    resample of the data (`select(table, resample(data, weights))`), so that the spread of a
-    coefficient over members is a bootstrap spread. A member whose distillation fails
+    engines' candidates (`candidates(dense)`), selection and refit on the data
+    (`select(table)`: which terms the member's model keeps); then that model refit to a
+    random half of the data of the member's own (`half_sample`), so that the spread of a
+    coefficient over members estimates its sampling spread. A member whose distillation fails
     numerically is kept as a failure (it includes no term)."""
     from ._distil import dense_samples
 
@@ -504,12 +509,25 @@ def distil_members(
             table = candidates(dense)
             if not len(table):
                 raise NumericalError("no candidate formulas", stage="ensemble")
-            out.append(member_terms(select(table, resample(data, ensemble.weights[m]))))
+            selection = select(table)
+            half = half_sample(data, seed=int(ensemble.seeds[m]))
+            out.append(member_terms(refit_to(selection, half, fit_initial_state)))
         except NumericalError as err:
             out.append(MemberTerms({}, {}, str(err)))
         if log is not None:
             log(f"ensemble member {m + 1}/{len(ensemble)}: {out[-1].equations or out[-1].error}")
     return out
+
+
+def refit_to(selection, data: TrajectorySet, fit_initial_state: bool = True):
+    """`selection` (a `Selection`) with its model's constants refit to `data` (same terms)."""
+    from ._distil import Refitter
+
+    refitter = Refitter(selection.term_model, data, fit_initial_state=fit_initial_state)
+    refit = refitter.fit(list(selection.mask), start=selection.refit.params)
+    if not refit.ok:
+        raise NumericalError("its model cannot be refit to a half of the data", stage="ensemble")
+    return dataclasses.replace(selection, refit=refit)
 
 
 def summarise_ensemble(members: Sequence[MemberTerms], *, level: float = LEVEL) -> dict:

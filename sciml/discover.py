@@ -252,8 +252,8 @@ def ensemble_stage(
 ) -> dict[str, Any]:
     """`config.ensemble` UDEs trained together in one compiled program (different keys and
     bootstrap resamples of the points), each distilled by the run's engines (PySR aside) and
-    selection; returns each discovered term's inclusion frequency and coefficient interval
-    (`sciml._ensemble.summarise_ensemble`)."""
+    selection, its model refit to a random half of the data; returns each discovered term's
+    inclusion frequency and coefficient interval (`sciml._ensemble.summarise_ensemble`)."""
     from ._ensemble import distil_members, summarise_ensemble, train_ensemble
 
     smoothed = smooth(data)
@@ -272,15 +272,8 @@ def ensemble_stage(
         parts = [symbolic_stage(dense, engine, config)[0] for engine in engines]
         return pd.concat(parts, ignore_index=True)
 
-    def select(table: pd.DataFrame, resampled: TrajectorySet) -> Selection:
-        return select_and_refit(
-            model,
-            fit.params,
-            table,
-            resampled,
-            fit_initial_state=config.fit_initial_state,
-            smoothed=smoothed,  # the data's own (a resample repeats times: no spline)
-        )
+    def select(table: pd.DataFrame) -> Selection:
+        return selection_stage(model, fit, table, data, config)
 
     members = distil_members(
         ensemble,
@@ -290,6 +283,7 @@ def ensemble_stage(
         key=jax.random.key(config.seed + 4),
         n_extra_starts=config.n_extra_starts,
         smoothed=smoothed,
+        fit_initial_state=config.fit_initial_state,
         log=log.info,
     )
     return {**summarise_ensemble(members), "engines": engines, "steps": ensemble.steps}
@@ -405,11 +399,7 @@ def summarise(
     tm, refit = selection.term_model, selection.refit
     result["equations"] = selection.equations()
     # inner constants (e.g. k in tanh(k*x)) are inlined; each term's own coefficient is not
-    inner = {
-        sp.Symbol(name, real=True): sp.Float(float(value), 6)
-        for name, value in zip(tm.model.parameters, refit.params)
-        if not name.startswith("c_")
-    }
+    inner = tm.inner_constants(refit.params, digits=6)
     terms, forms = [], []
     for term, keep in zip(tm.terms, selection.mask):
         i = tm.model.parameters.index(term.parameter)
