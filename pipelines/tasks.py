@@ -228,15 +228,19 @@ def selection_and_refit(
 
 @task(name="ensemble-distillation", **CACHED)
 def ensemble_distillation(
-    inputs: dict[str, Any], fit: str, engines: list[str], config: dict[str, Any], results: str
+    inputs: dict[str, Any],
+    fit: str,
+    engine_names: list[str],
+    config: dict[str, Any],
+    results: str,
 ) -> str:
     """`config["ensemble"]` UDEs trained in one compiled program and each distilled by
-    `engines`: every discovered term's inclusion frequency and coefficient interval
+    `engine_names`: every discovered term's inclusion frequency and coefficient interval
     (`ensemble.json`)."""
     from sciml._io import write_json
     from sciml.discover import ensemble_stage
 
-    cfg = dataclasses.replace(_config(config), engines=tuple(engines))
+    cfg = dataclasses.replace(_config(config), engines=tuple(engine_names))
     model, train, _ = _inputs(inputs, cfg)
     summary = ensemble_stage(model, load_fit(fit, model), train, cfg)
     print(f"ensemble of {summary['members']}: {summary['distilled']} distilled")
