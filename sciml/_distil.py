@@ -29,7 +29,7 @@ from jaxtyping import PRNGKeyArray
 from ._data import TrajectorySet
 from ._errors import NumericalError
 from ._mechanistic import simulate
-from ._model import MechanisticModel
+from ._model import RESERVED, MechanisticModel
 from ._smooth import Smoothed, smooth
 from ._solve import solve
 from ._ude import TrainedUDE
@@ -206,6 +206,16 @@ class TermModel:
             for s, eq in zip(self.model.states, self.model.equations)
         }
 
+    def inner_constants(self, params, digits: int | None = None) -> dict[sp.Symbol, sp.Float]:
+        """The constants inside terms (e.g. k in `tanh(k*x)`) at `params`: every parameter
+        that is not a term's own coefficient."""
+        coefficients = {t.parameter for t in self.terms}
+        return {
+            sp.Symbol(n, real=True): sp.Float(float(v), *([digits] if digits else []))
+            for n, v in zip(self.model.parameters, params)
+            if n not in coefficients
+        }
+
     def _param_mask(self, term_mask) -> np.ndarray:
         m = np.ones(len(self.model.parameters))
         for term, keep in zip(self.terms, term_mask):
@@ -229,6 +239,15 @@ def build_term_model(
     """
     subs = dict(zip(model.parameter_symbols, [sp.Float(float(v)) for v in mech_params]))
     table = model.symbol_table()
+    taken = set(model.states) | set(model.parameters) | set(RESERVED)
+
+    def fresh(name: str) -> str:
+        """`name`, or with underscores appended where a state or parameter has it already."""
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
     ones = {p: sp.Integer(1) for p in model.parameter_symbols}
     names, guesses, equations, terms = [], [], [], []
     for state, eq in zip(model.states, model.equations):
@@ -253,11 +272,11 @@ def build_term_model(
         for k, (rest, coeff) in enumerate(merged.items()):
             inner = sorted(rest.atoms(sp.Float), key=str)
             for j, f in enumerate(inner):
-                name = f"k_{state}_{k}_{j}"
+                name = fresh(f"k_{state}_{k}_{j}")
                 rest = rest.xreplace({f: sp.Symbol(name, real=True)})
                 names.append(name)
                 guesses.append(float(f))
-            pname = f"c_{state}_{k}"
+            pname = fresh(f"c_{state}_{k}")
             names.append(pname)
             guesses.append(float(coeff))
             psym = sp.Symbol(pname, real=True)
@@ -618,7 +637,13 @@ def select_and_refit(
     lib_fitter = Refitter(lib_model, data, fit_initial_state=fit_initial_state)
     theory_value = {
         (t.state, _exps(t, symbols)): float(
-            _theory_coefficient(model, mech_params, t.state, t.expr, symbols)
+            _theory_coefficient(
+                model,
+                mech_params,
+                t.state,
+                t.expr.subs(sp.Symbol(t.parameter, real=True), 1),
+                symbols,
+            )
         )
         for t in lib_model.terms
         if t.origin == "theory"
@@ -788,12 +813,10 @@ def _exps(term: Term, symbols) -> tuple[int, ...] | None:
 
 
 def _theory_coefficient(model, mech_params, state, expr, symbols) -> float:
-    """Coefficient, in the declared model with fitted numbers, of the monomial of `expr`."""
+    """Coefficient, in the declared model with fitted numbers, of the monomial `expr`."""
     eq = model.equations[model.states.index(state)]
     eq = sp.expand(eq.xreplace(dict(zip(model.parameter_symbols, map(sp.Float, mech_params)))))
-    target = [p for p in expr.free_symbols if p.name.startswith("c_")]
-    rest = expr.subs(target[0], 1) if target else expr
-    return float(sp.Poly(eq, *symbols).coeff_monomial(rest)) if eq.is_polynomial(*symbols) else 0.0
+    return float(sp.Poly(eq, *symbols).coeff_monomial(expr)) if eq.is_polynomial(*symbols) else 0.0
 
 
 # -- 3. extrapolation ----------------------------------------------------------------------------

@@ -376,11 +376,7 @@ def _refit(run: _Loaded, chosen: dict[str, set[tuple[str, str]]]):
     start = np.asarray(tm.model.guesses, dtype=float).copy()
     mask, force = [], set()
     for i, term in enumerate(tm.terms):
-        inner = {
-            sp.Symbol(n, real=True): sp.Float(g)
-            for n, g in zip(tm.model.parameters, tm.model.guesses)
-            if not n.startswith("c_")
-        }
+        inner = tm.inner_constants(tm.model.guesses)
         form = term.expr.subs(sp.Symbol(term.parameter, real=True), 1).xreplace(inner)
         k = (term.state, _key(_form(form)))
         known = by_key.get(k)

@@ -207,3 +207,28 @@ def test_multiple_shooting_refits_a_chaotic_system_that_one_shooting_cannot():
 
     assert error(None) < 0.02
     assert error(np.inf) > 0.05
+
+
+def test_term_parameters_never_take_a_state_or_parameter_name():
+    """A state named like a term coefficient (`c_x_0`) stays a state: the coefficients get
+    names of their own, and the inner constants are found by what they are, not by name."""
+    from sciml._distil import build_term_model
+
+    model = no_theory_model(["x", "c_x_0"])
+    x, c = model.state_symbols
+    tm = build_term_model(model, [], {"x": 0.5 * c * x + sp.tanh(0.3 * x)})
+    assert not set(tm.model.parameters) & set(model.states)
+    assert len(set(tm.model.parameters)) == len(tm.model.parameters) == 3
+    eq = tm.model.equations[0]
+    assert c in eq.free_symbols  # the state itself is still in its term
+    assert [float(v) for v in tm.inner_constants(tm.model.guesses).values()] == [0.3]
+    assert (
+        sp.simplify(
+            sp.sympify(
+                tm.inlined(tm.model.guesses, [True, True])["x"],
+                locals={"c_x_0": sp.Symbol("c_x_0", real=True), "x": x},
+            )
+            - (0.5 * c * x + sp.tanh(0.3 * x))
+        )
+        == 0
+    )
