@@ -237,3 +237,32 @@ def test_gpu_check_runs_degraded_on_cpu(tmp_path):
     assert result["cnf"]["steps_per_s"] > 0 and result["classifier"]["steps_per_s"] > 0
     assert "member steps / s" in md and "SMOKE RUN" in md
     assert result["discovery_cpu"] == {"skipped": "--smoke"}
+
+
+@pytest.mark.slow
+def test_discover_flow_with_an_ensemble(prefect_harness, tmp_path):
+    """`sciml discover --ensemble 2` through the Prefect flow: the ensemble in discovered.json,
+    ensemble.csv and the report."""
+    from pipelines.flows import discover
+    from pipelines.params import DiscoverParams, UDESettings
+
+    params = DiscoverParams(
+        data=CSV,
+        model=MODEL,
+        out=tmp_path / "run",
+        engines=("sindy",),
+        ensemble=2,
+        ude=UDESettings(
+            collocation_steps=300, windows=(1.0,), adam_steps=20, lbfgs_steps=10, chunk=10
+        ),
+    )
+    result = discover(params)
+    out = Path(result["out"])
+    discovered = json.loads((out / "discovered.json").read_text())
+    ens = discovered["ensemble"]
+    assert ens["members"] == 2 and len(ens["equations"]) == 2
+    assert any(t.get("ensemble_frequency") is not None for t in discovered["terms"])
+    table = (out / "ensemble.csv").read_text().splitlines()
+    assert table[0] == "state,term,frequency,members,median,lower,upper"
+    assert len(table) == 1 + len(ens["terms"])
+    assert "Ensemble of 2 UDEs" in (out / "report.html").read_text()
