@@ -314,7 +314,9 @@ def fit(
     After every epoch the validation set (`x_val`, `y_val`) is scored: the best epoch's model
     is kept, the learning rate (a `learning_rate` hyperparameter of `optim`, if it has one) is
     halved after `patience // 2` epochs without improvement, and training stops after
-    `patience` such epochs or `epochs` epochs. Without a validation set: exactly `epochs`
+    `patience` such epochs or `epochs` epochs. Epochs without improvement count only after
+    the first `patience` epochs (a burn-in: a classifier often sits near chance for a few
+    epochs before it starts to learn). Without a validation set: exactly `epochs`
     epochs, the last model kept. The held-out accuracy (`x_test`) is recorded for the curves
     only, never used to choose anything. A checkpoint is written after each epoch and
     `callback(epoch, record)` is called; a matching checkpoint is resumed from. `shift` > 0
@@ -413,7 +415,7 @@ def fit(
                     best_model = model
                     track.update(val_accuracy=ev.accuracy, val_loss=ev.loss, best_epoch=epoch)
                     track["bad"] = track["since_change"] = 0
-                else:
+                elif epoch > patience:  # a burn-in: early plateaus (near chance) are common
                     track["bad"] += 1
                     track["since_change"] += 1
                 lr = record["lr"]

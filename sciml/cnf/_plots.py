@@ -120,10 +120,10 @@ def plot_training(path: Path, history: Sequence[dict], best_step: int) -> None:
 
     step = col("step")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(step, col("nll"), marker=".", label="training NLL (standardised units)")
+    ax1.plot(step, col("nll"), marker=".", label="training NLL (batches)")
     val = col("val_nll")
     if np.isfinite(val).any():
-        ax1.plot(step, val, marker=".", label="validation NLL (data units)")
+        ax1.plot(step, val, marker=".", label="validation NLL (averaged weights)")
     ax1.axvline(best_step, color="grey", ls="--", lw=1, label=f"kept: step {best_step}")
     ax1.set_xlabel("training step")
     ax1.set_ylabel("nats per sample")

@@ -177,7 +177,7 @@ def run_cnf(
     _write_csv(
         out / "history.csv",
         np.array(rows, dtype=np.float64).reshape(-1, len(keys)),
-        ["step", "loss", "nll_standardised", "val_nll", "lr", "solver_steps", "seconds"],
+        ["step", "loss", "nll", "val_nll", "lr", "solver_steps", "seconds"],
     )
     save_cnf(out, model, config, train.columns)
     if plots:

@@ -420,6 +420,7 @@ def fit_cnf(
     fp = fingerprint(config, x, -1 if seed is None else seed, solver, adjoint, optim)
     optim = default_optimiser(config) if optim is None else optim
     opt_state = optim.init(params)
+    log_scale = float(model.log_scale())
     val_trace = "exact" if d <= 64 else "hutchinson"
     val_key = jr.fold_in(split_key, 1)
 
@@ -501,7 +502,7 @@ def fit_cnf(
             record = {
                 "step": stop,
                 "loss": float(loss.mean()),
-                "nll": float(np.mean(nll)),
+                "nll": float(np.mean(nll)) + log_scale,  # data units, as val_nll
                 "val_nll": val_nll,
                 "lr": float("nan") if lr is None else lr,
                 "solver_steps": float(np.mean(nsteps)),
