@@ -109,13 +109,16 @@ def checkerboard_logpdf(x: np.ndarray) -> np.ndarray:
     return np.where(inside & dark, -np.log(8.0), -np.inf)
 
 
-SHARP = {
-    "ring8": (ring_centres(8, 2.0), SHARP_SD),
-    "grid16": (grid_centres(4, 1.0), SHARP_SD),
-    "spiral": (spiral_centres(), SHARP_SD),
+_SHARP_CENTRES = {
+    "ring8": ring_centres(8, 2.0),
+    "grid16": grid_centres(4, 1.0),
+    "spiral": spiral_centres(),
 }
 SHARP = {
-    **{name: (mixture_sampler(c, sd), mixture_logpdf(c, sd)) for name, (c, sd) in SHARP.items()},
+    **{
+        name: (mixture_sampler(c, SHARP_SD), mixture_logpdf(c, SHARP_SD))
+        for name, c in _SHARP_CENTRES.items()
+    },
     "checkerboard": (checkerboard, checkerboard_logpdf),
 }
 
