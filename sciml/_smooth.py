@@ -14,6 +14,9 @@ grid of penalties, the grid's choice is taken instead (of the penalties within 2
 held-out error, the largest: the smoothest spline the data cannot tell apart from the best).
 Two-fold cross-validation is no judge on short series (fewer than 64 points): half of 21
 points no longer resolves the curve, and it then prefers no smoothing at all; GCV alone there.
+
+Spline derivatives are least reliable at the ends of a series, so `Smoothed.interior` marks the
+points away from them; collocation losses use those only.
 """
 
 from __future__ import annotations
