@@ -34,7 +34,11 @@ test-deps:
 test: $(STAMP) test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest
+	# Two processes: in one process XLA's CPU compiler crashed (SIGSEGV/SIGABRT inside
+	# backend_compile) after a few hundred compilations, at the same test each time; each half
+	# alone passes. Both halves must pass.
+	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest $(wildcard tests/test_[a-l]*.py)
+	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest $(wildcard tests/test_[m-z]*.py)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
