@@ -35,8 +35,8 @@ test: $(STAMP) test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	# Two processes: in one process XLA's CPU compiler crashed (SIGSEGV/SIGABRT inside
-	# backend_compile) after a few hundred compilations, at the same test each time; each half
-	# alone passes. Both halves must pass.
+	# backend_compile) after a few hundred compilations, at the same test each time; that test
+	# passes alone. Both halves must pass.
 	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest $(wildcard tests/test_[a-l]*.py)
 	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest $(wildcard tests/test_[m-z]*.py)
 
