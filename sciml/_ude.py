@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._config import Config
 from ._data import TrajectorySet
 from ._errors import NumericalError
 from ._io import atomic_path, json_text, write_json
@@ -92,7 +93,7 @@ class UDE(eqx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class UDEConfig:
+class UDEConfig(Config):
     """Settings of UDE training.
 
     Step counts are maxima: each phase (a collocation warm start, one Adam phase per window,
@@ -127,22 +128,27 @@ class UDEConfig:
     validation_every: int = 6
     shooting_periods: float = 1.0
 
-    def __post_init__(self):
-        for name in ("width", "depth", "chunk", "patience", "validation_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"UDEConfig.{name} must be at least 1")
-        for name in ("collocation_steps", "adam_steps", "lbfgs_steps", "max_steps"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"UDEConfig.{name} must not be negative")
+    def problems(self) -> list[str]:
+        problems = [
+            f"{name} must be at least 1"
+            for name in ("width", "depth", "chunk", "patience", "validation_every")
+            if int(getattr(self, name)) < 1
+        ]
+        problems += [
+            f"{name} must not be negative"
+            for name in ("collocation_steps", "adam_steps", "lbfgs_steps", "max_steps")
+            if int(getattr(self, name)) < 0
+        ]
         if not self.windows or any(not 0 < w <= 1 for w in self.windows):
-            raise ValueError("UDEConfig.windows must be fractions in (0, 1]")
-        for name in ("learning_rate", "rtol", "atol"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"UDEConfig.{name} must be positive")
-        if not self.shooting_periods > 0:
-            raise ValueError("UDEConfig.shooting_periods must be positive")
+            problems.append("windows must be fractions in (0, 1]")
+        problems += [
+            f"{name} must be positive"
+            for name in ("learning_rate", "rtol", "atol", "shooting_periods")
+            if not float(getattr(self, name)) > 0
+        ]
         if self.penalty < 0 or self.min_improvement < 0:
-            raise ValueError("UDEConfig.penalty and min_improvement must not be negative")
+            problems.append("penalty and min_improvement must not be negative")
+        return problems
 
     def quick(self) -> UDEConfig:
         return dataclasses.replace(self, adam_steps=200, lbfgs_steps=100)
@@ -162,7 +168,7 @@ class TrainedUDE:
         write_json(
             folder / "ude.json",
             {
-                "config": dataclasses.asdict(self.config),
+                "config": self.config.to_dict(),
                 "model": self.ude.model.describe(),
                 "parameters": dict(
                     zip(self.ude.model.parameters, np.asarray(self.ude.params).tolist())
@@ -311,7 +317,7 @@ class _TrainState:
 
 
 def _fingerprint(config: UDEConfig, fit: MechanisticFit, data: TrajectorySet) -> str:
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     for a in (fit.params, fit.y0, *data.padded()):
         h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
@@ -593,9 +599,7 @@ def load_ude(folder: str | Path, model: MechanisticModel, data: TrajectorySet) -
     """Load a UDE saved by `TrainedUDE.save` (the model and data give the shapes)."""
     folder = Path(folder)
     meta = json.loads((folder / "ude.json").read_text())
-    config = UDEConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-    )
+    config = UDEConfig.from_dict(meta["config"])
     like = init_ude(
         model, model.guesses, data, width=config.width, depth=config.depth, key=jax.random.key(0)
     )

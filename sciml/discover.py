@@ -7,7 +7,6 @@ order without Prefect (for tests, notebooks and the library's own users).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import platform
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 import sympy as sp
 
+from ._config import Config
 from ._data import TrajectorySet, load_trajectories, state_columns
 from ._distil import (
     DenseSamples,
@@ -47,7 +47,7 @@ MAX_ENSEMBLE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscoveryConfig:
+class DiscoveryConfig(Config):
     """Everything that determines a discovery run's result (hashed for caching)."""
 
     seed: int = 0
@@ -60,44 +60,44 @@ class DiscoveryConfig:
     ensemble: int = 0  # K > 0: also K UDEs in one program, each distilled (`_ensemble`)
     ude: UDEConfig = UDEConfig()
 
+    def __post_init__(self) -> None:
+        names = self.engines.split(",") if isinstance(self.engines, str) else self.engines
+        engines = tuple(str(e).strip().lower() for e in names)
+        object.__setattr__(self, "engines", engines)
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        problems = []
+        if not 0.0 <= self.holdout < 0.9:
+            problems.append(f"holdout must be in [0, 0.9); got {self.holdout}")
+        if not 0 <= self.ensemble <= MAX_ENSEMBLE:
+            problems.append(
+                f"ensemble must be 0 (none) to {MAX_ENSEMBLE} members; got {self.ensemble}"
+            )
+        unknown = [e for e in self.engines if e not in KNOWN_ENGINES]
+        if unknown or not self.engines:
+            problems.append(f"unknown engine(s) {unknown}; choose from {list(KNOWN_ENGINES)}")
+        if self.n_starts < 1 or self.n_extra_starts < 0:
+            problems.append("n_starts must be at least 1 and n_extra_starts not negative")
+        if self.extrapolate < 0:
+            problems.append("extrapolate must not be negative")
+        if not isinstance(self.ude, UDEConfig):
+            problems.append("ude must be a UDEConfig")
+        return problems
+
     @classmethod
     def make(
         cls,
         *,
         seed: int = 0,
-        engines: Sequence[str] = KNOWN_ENGINES,
+        engines: str | Sequence[str] = KNOWN_ENGINES,
         quick: bool = False,
         holdout: float = 0.0,
         ensemble: int = 0,
     ) -> DiscoveryConfig:
-        if not 0.0 <= holdout < 0.9:
-            raise InputError(f"holdout must be in [0, 0.9); got {holdout}")
-        if not 0 <= ensemble <= MAX_ENSEMBLE:
-            raise InputError(f"ensemble must be 0 (none) to {MAX_ENSEMBLE} members; got {ensemble}")
-        engines = tuple(e.strip().lower() for e in engines)
-        unknown = [e for e in engines if e not in KNOWN_ENGINES]
-        if unknown or not engines:
-            raise InputError(f"unknown engine(s) {unknown}; choose from {list(KNOWN_ENGINES)}")
+        """The settings the CLI exposes; `quick` shortens UDE training (for smoke tests)."""
         ude = UDEConfig().quick() if quick else UDEConfig()
         return cls(seed=seed, engines=engines, ude=ude, holdout=holdout, ensemble=ensemble)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> DiscoveryConfig:
-        """The config that `to_dict` wrote (as in a run's `config.json`)."""
-
-        def tuples(d: dict[str, Any]) -> dict[str, Any]:
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-        fields = tuples({k: v for k, v in config.items() if k != "ude"})
-        return cls(**fields, ude=UDEConfig(**tuples(config.get("ude") or {})))
-
-    def digest(self) -> str:
-        """A short hash of the settings (for cache keys)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def versions() -> dict[str, str]:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from typing import Any, Literal
+from typing import Literal
 
-from .._errors import InputError
+from .._config import Config
 
 _SOLVER_NAMES = ("tsit5", "dopri5", "bosh3", "heun")
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(Config):
     """Everything that decides a trained classifier, apart from the data and the seed.
 
     Model: `model` is "ode" (the neural ODE) or "resnet" (its discretised counterpart with
@@ -58,7 +56,7 @@ class ClassifierConfig:
     shift: int = 0
     test_fraction: float = 0.2
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[str]:
         problems = []
         if self.model not in ("ode", "resnet"):
             problems.append(f"model must be 'ode' or 'resnet', not {self.model!r}")
@@ -86,24 +84,4 @@ class ClassifierConfig:
             problems.append("validation_fraction must lie in [0, 1)")
         if not 0 < self.test_fraction < 1:
             problems.append("test_fraction must lie strictly between 0 and 1")
-        if problems:
-            raise InputError("classifier config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"classifier config: unknown keys {', '.join(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> ClassifierConfig:
-        return dataclasses.replace(self, **changes)
-
-    def digest(self, *extra: object) -> str:
-        """A stable hash of the config and `extra` (seed, data fingerprint, ...)."""
-        text = json.dumps([self.to_dict(), *extra], sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return problems

@@ -26,7 +26,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._errors import InputError, NumericalError
+from .._config import Config
+from .._errors import NumericalError
 from .._io import atomic_path, write_json
 from ._eval import evaluate_log_prob
 from ._flow import CNF, ConcatSquashField, gaussian_logpdf, integrate_to_base, resolve_trace
@@ -42,7 +43,7 @@ MIN_LR_DIVISOR = 64
 
 
 @dataclasses.dataclass(frozen=True)
-class CNFConfig:
+class CNFConfig(Config):
     """Hyperparameters of a CNF and its training; everything a resume must agree on.
 
     - `width`, `depth`: hidden units and hidden layers of the concat-squash vector field.
@@ -82,7 +83,7 @@ class CNFConfig:
     max_steps: int = 1000
     checkpoint_every: int = 100
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[str]:
         problems = [
             f"{name} must be at least 1"
             for name in ("width", "depth", "steps", "batch_size", "patience", "checkpoint_every")
@@ -94,16 +95,7 @@ class CNFConfig:
             problems.append("validation_fraction must lie in [0, 1)")
         if not self.learning_rate > 0:
             problems.append("learning_rate must be positive")
-        if problems:
-            raise InputError("CNF config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CNFConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)
