@@ -12,7 +12,6 @@ Trajectories are batched with `vmap`; many optimiser steps are compiled into one
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -25,10 +24,12 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._checkpoint import Checkpoint
 from ._config import Config
 from ._data import TrajectorySet
 from ._errors import NumericalError
-from ._io import atomic_path, json_text, write_json
+from ._fingerprint import Fingerprint
+from ._io import atomic_path, write_json
 from ._mechanistic import MechanisticFit
 from ._model import MechanisticModel
 from ._smooth import Smoothed, smooth
@@ -317,54 +318,33 @@ class _TrainState:
 
 
 def _fingerprint(config: UDEConfig, fit: MechanisticFit, data: TrajectorySet) -> str:
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    fp = Fingerprint().json(config.to_dict())
     for a in (fit.params, fit.y0, *data.padded()):
-        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
-    return h.hexdigest()[:16]
+        fp.array(a, np.float64)
+    return fp.hexdigest(16)
 
 
 class _Checkpoint:
-    """One file, `PREFIX.eqx`, replaced atomically: a JSON header (fingerprint, progress,
-    history) and the arrays, so the progress and the arrays always belong together, whenever
-    the process is killed. `PREFIX.json` repeats the header for people and tools to read; it is
-    never loaded."""
+    """The UDE's training state as a checkpoint `PREFIX.eqx` (`sciml._checkpoint`: progress,
+    history and arrays in one file replaced atomically, each hash checked on load;
+    `PREFIX.json` repeats the state for people)."""
 
     def __init__(self, prefix: Path, fingerprint: str):
-        self.arrays = prefix.with_suffix(".eqx")
-        self.meta = prefix.with_suffix(".json")
-        self.fingerprint = fingerprint
+        self.checkpoint = Checkpoint(prefix.with_suffix(""), fingerprint)
 
     def save(self, state: _TrainState, history: dict, done: int, early: dict) -> None:
-        import io
-
-        header = {"fingerprint": self.fingerprint, "done": done, "history": history, "early": early}
-        buf = io.BytesIO()
-        eqx.tree_serialise_leaves(buf, state.leaves())
-        text = json_text(header, indent=None).encode()
-        with atomic_path(self.arrays) as tmp:
-            tmp.write_bytes(len(text).to_bytes(8, "little") + text + buf.getvalue())
-        write_json(self.meta, header)
+        progress = {"done": done, "history": history, "early": early}
+        self.checkpoint.save(progress, state.leaves())
 
     def load(self, like: _TrainState):
-        import io
-
-        try:
-            raw = self.arrays.read_bytes()
-            size = int.from_bytes(raw[:8], "little")
-            meta = json.loads(raw[8 : 8 + size])
-            if meta.get("fingerprint") != self.fingerprint:
-                return None  # another configuration or data: start afresh
-            leaves = eqx.tree_deserialise_leaves(io.BytesIO(raw[8 + size :]), like.leaves())
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError):
-            return None
-        history = {
-            k: [math.inf if v is None else v for v in vs] for k, vs in meta["history"].items()
-        }
-        return _TrainState(*leaves), history, int(meta["done"]), dict(meta["early"])
+        loaded = self.checkpoint.load(like.leaves())
+        if loaded is None:
+            return None  # none yet, or of another configuration or data: start afresh
+        meta, leaves = loaded
+        return _TrainState(*leaves), meta["history"], int(meta["done"]), dict(meta["early"])
 
     def remove(self) -> None:
-        self.arrays.unlink(missing_ok=True)
-        self.meta.unlink(missing_ok=True)
+        self.checkpoint.remove()
 
 
 def _strong(tree):

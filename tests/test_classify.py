@@ -349,12 +349,15 @@ def test_resume_after_interruption_matches_uninterrupted_run(
 
 
 def test_checkpoint_of_another_config_is_ignored(tmp_path: Path) -> None:
+    from sciml._checkpoint import CheckpointError
     from sciml.classify import Checkpoint
 
     model = make_classifier(SMALL, (1, 8, 8), 3, key=jr.key(0))
-    Checkpoint(tmp_path, "aaaa").save({"epoch": 1}, model, None, model)
-    assert Checkpoint(tmp_path, "bbbb").load(model, None) is None
-    loaded = Checkpoint(tmp_path, "aaaa").load(model, None)
+    path = tmp_path / "checkpoint"
+    Checkpoint(path, "aaaa").save({"epoch": 1}, (model, None, model))
+    assert Checkpoint(path, "bbbb").load((model, None, model)) is None
+    loaded = Checkpoint(path, "aaaa").load((model, None, model))
     assert loaded is not None and loaded[0]["epoch"] == 1
     (tmp_path / "checkpoint.eqx").write_bytes(b"corrupt")
-    assert Checkpoint(tmp_path, "aaaa").load(model, None) is None
+    with pytest.raises(CheckpointError, match="checkpoint.eqx"):
+        Checkpoint(path, "aaaa").load((model, None, model))

@@ -26,7 +26,7 @@ from ._data import (
 from ._models import AbstractClassifier, count_params, make_classifier
 from ._plots import confusion_matrix, plot_confusion, plot_training
 from ._synthetic import KINDS, make_image_set
-from ._train import Checkpoint, EpochCallback, evaluate, fit, make_optimizer
+from ._train import EpochCallback, checkpoint_in, evaluate, fit, make_optimizer
 
 #: Bundled data sets: scikit-learn's digits and generated colour image sets (`_synthetic`).
 DATASETS = ("digits", *KINDS)
@@ -201,7 +201,7 @@ def run_classify(
     per_epoch = len(x_train) // min(config.batch_size, len(x_train))
     optim = make_optimizer(config.learning_rate, config.weight_decay, per_epoch)
     digest = config.digest(seed, train_set.fingerprint(), test_set.fingerprint())
-    checkpoint = Checkpoint(out, digest)
+    checkpoint = checkpoint_in(out, digest)
     result = fit(
         model,
         optim,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._checkpoint import Checkpoint
 from .._errors import NumericalError
-from .._io import atomic_path, write_json
+from .._progress import Progress
 from ._models import AbstractClassifier
 from ._types import Batch, BatchLogits, Labels, Mask
 
@@ -163,61 +162,16 @@ def evaluate(
 # Checkpoints
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+#: The training checkpoint in the output folder: `checkpoint.eqx` (+ `.json` for people), in
+#: the library's one format (`sciml._checkpoint`): the state after the last epoch, the model,
+#: the optimiser state and the best model so far, checked on load to belong together and to
+#: this run's config digest.
+CHECKPOINT = "checkpoint"
 
 
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-    """`checkpoint.eqx` (model, optimiser state, best model so far) and `checkpoint.json`.
-
-    The JSON names the config digest and the hash of the `.eqx` file, so a checkpoint from a
-    different config, or one whose two files were written by different epochs, is ignored.
-    """
-
-    directory: Path
-    digest: str
-
-    @property
-    def weights(self) -> Path:
-        return self.directory / "checkpoint.eqx"
-
-    @property
-    def meta(self) -> Path:
-        return self.directory / "checkpoint.json"
-
-    def save(
-        self,
-        state: dict[str, Any],
-        model: eqx.Module,
-        opt_state: optax.OptState,
-        best: eqx.Module | None = None,
-    ) -> None:
-        with atomic_path(self.weights) as tmp:
-            eqx.tree_serialise_leaves(tmp, (model, opt_state, model if best is None else best))
-        write_json(self.meta, {**state, "digest": self.digest, "sha256": _sha256(self.weights)})
-
-    def load(
-        self, model: eqx.Module, opt_state: optax.OptState
-    ) -> tuple[dict[str, Any], eqx.Module, optax.OptState, eqx.Module] | None:
-        """The saved state, model, optimiser state and best model; None when absent or not
-        this run's."""
-        if not (self.meta.exists() and self.weights.exists()):
-            return None
-        try:
-            state = json.loads(self.meta.read_text())
-            if state.get("digest") != self.digest or state.get("sha256") != _sha256(self.weights):
-                return None
-            model, opt_state, best = eqx.tree_deserialise_leaves(
-                self.weights, (model, opt_state, model)
-            )
-        except (OSError, ValueError, RuntimeError):
-            return None
-        return state, model, opt_state, best
-
-    def remove(self) -> None:
-        self.weights.unlink(missing_ok=True)
-        self.meta.unlink(missing_ok=True)
+def checkpoint_in(directory: str | Path, digest: str) -> Checkpoint:
+    """The training checkpoint of a run with config digest `digest` in `directory`."""
+    return Checkpoint(Path(directory) / CHECKPOINT, digest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,16 +278,6 @@ def fit(
     of each epoch is dropped. `time_limit`: no new epoch starts after this many seconds of
     training (`stopped` is then `"time limit"`; for benchmarks on a budget).
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     n = len(x)
     batch_size = min(batch_size, n)
     per_epoch = n // batch_size
@@ -349,27 +293,18 @@ def fit(
         "since_change": 0,
     }
     start_epoch, seconds = 0, 0.0
-    if checkpoint is not None:
-        loaded = checkpoint.load(model, opt_state)
-        if loaded is not None:
-            state, model, opt_state, best_model = loaded
-            start_epoch, seconds = int(state["epoch"]), float(state["train_seconds"])
-            history = {k: list(v) for k, v in state["history"].items()}
-            track = dict(state["track"])
+    loaded = None if checkpoint is None else checkpoint.load((model, opt_state, model))
+    if loaded is not None:
+        state, (model, opt_state, best_model) = loaded
+        start_epoch, seconds = int(state["epoch"]), float(state["train_seconds"])
+        history = {k: list(v) for k, v in state["history"].items()}
+        track = dict(state["track"])
     lr0 = _get_lr(opt_state)
     lr_floor = None if lr0 is None else lr0 / MIN_LR_DIVISOR
     plateau = max(1, patience // 2)
 
-    columns = (
-        TextColumn("[bold]classify[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    console = Console(stderr=True)
-    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
-        task = bar.add_task("epoch", total=epochs * per_epoch, completed=start_epoch * per_epoch)
+    total, done = epochs * per_epoch, start_epoch * per_epoch
+    with Progress("classify", total=total, completed=done, enabled=progress) as bar:
         epoch = start_epoch
         timed_out = False
         while epoch < epochs and not (validate and track["bad"] >= patience):
@@ -389,11 +324,7 @@ def fit(
                 losses.append(loss)
                 accs.append(acc)
                 steps.append(st)
-                bar.update(
-                    task,
-                    advance=1,
-                    description=f"epoch {epoch + 1}/{epochs} loss {float(loss):.3f}",
-                )
+                bar.update(advance=1, note=f"epoch {epoch + 1}/{epochs} loss {float(loss):.3f}")
             record = {
                 "loss": float(np.mean(jax.device_get(losses))),
                 "train_accuracy": float(np.mean(jax.device_get(accs))),
@@ -440,7 +371,7 @@ def fit(
                     "history": history,
                     "track": track,
                 }
-                checkpoint.save(state, model, opt_state, best_model)
+                checkpoint.save(state, (model, opt_state, best_model))
             if callback is not None:
                 callback(epoch, record)
     stopped = "converged" if validate and track["bad"] >= patience else "epoch limit"

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -26,14 +22,16 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .._checkpoint import Checkpoint, remove
 from .._config import Config
 from .._errors import NumericalError
-from .._io import atomic_path, write_json
+from .._fingerprint import Fingerprint
+from .._progress import Progress
 from ._eval import evaluate_log_prob
 from ._flow import CNF, ConcatSquashField, gaussian_logpdf, integrate_to_base, resolve_trace
 
-CHECKPOINT = "checkpoint.eqx"
-CHECKPOINT_META = "checkpoint.json"
+#: The training checkpoint in the output folder: `checkpoint.eqx` (+ `.json` for people).
+CHECKPOINT = "checkpoint"
 #: A validation NLL must beat the best so far by this much (nats) to count as progress.
 MIN_IMPROVEMENT = 1e-3
 #: At most this many rows are held back for validation (a check costs one solve per 1024).
@@ -278,66 +276,14 @@ def fingerprint(
     config: CNFConfig, data: np.ndarray, seed: int, solver=None, adjoint=None, optim=None
 ) -> str:
     """A hash of everything a checkpoint must agree on to be resumed."""
-    h = hashlib.sha256()
-    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
-    h.update(np.ascontiguousarray(data, dtype=np.float32).tobytes())
-    h.update(repr(data.shape).encode())
-    h.update(f"seed={seed};solver={solver!r};adjoint={adjoint!r};".encode())
-    h.update(b"optim=default" if optim is None else b"optim=custom")
-    return h.hexdigest()
-
-
-def _save_checkpoint(folder: Path, params, ema, opt_state, best, meta: dict[str, Any]) -> None:
-    # The step lives inside the leaves file too, so that a crash between the two writes cannot
-    # pair new weights with an old step count.
-    leaves = (params, ema, opt_state, best, jnp.asarray(meta["step"]))
-    with atomic_path(folder / CHECKPOINT) as tmp:
-        eqx.tree_serialise_leaves(tmp, leaves)
-    write_json(folder / CHECKPOINT_META, meta)
-
-
-def _load_checkpoint(folder: Path, params, opt_state, fp: str):
-    meta_path, leaves_path = folder / CHECKPOINT_META, folder / CHECKPOINT
-    if not (meta_path.exists() and leaves_path.exists()):
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") != fp:
-            return None
-        like = (params, params, opt_state, params, jnp.asarray(0))
-        params, ema, opt_state, best, step = eqx.tree_deserialise_leaves(leaves_path, like)
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored, not fatal
-        return None
-    if int(step) != int(meta["step"]):
-        return None
-    return params, ema, opt_state, best, meta
+    fp = Fingerprint().json(config.to_dict()).array(data, np.float32)
+    fp.text(f"seed={seed};solver={solver!r};adjoint={adjoint!r};")
+    return fp.text("optim=default" if optim is None else "optim=custom").hexdigest()
 
 
 def remove_checkpoint(folder: str | Path) -> None:
-    for name in (CHECKPOINT, CHECKPOINT_META):
-        (Path(folder) / name).unlink(missing_ok=True)
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]CNF[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}  steps/solve {task.fields[nfe]:.0f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
+    """Remove the training checkpoint in `folder`, if any."""
+    remove(Path(folder) / CHECKPOINT)
 
 
 def fit_cnf(
@@ -371,13 +317,14 @@ def fit_cnf(
       (`optax.inject_hyperparams`), otherwise the rate is left alone.
     - `solver`, `adjoint`: diffrax solver (default `Tsit5`) and adjoint (default
       `RecursiveCheckpointAdjoint`, i.e. discretise-then-optimise).
-    - `checkpoint_dir`: write `checkpoint.eqx`/`.json` there every `checkpoint_every` steps and
-      resume from one with the same fingerprint (config, data, seed, solver, adjoint). A custom
-      `optim` is not fingerprinted: resume with the same one.
+    - `checkpoint_dir`: write the checkpoint `checkpoint.eqx` there every `checkpoint_every`
+      steps (`sciml._checkpoint`) and resume from one with the same fingerprint (config,
+      data, seed, solver, adjoint). A custom `optim` is not fingerprinted: resume with the
+      same one.
     - `callback(step, record, model)`: called after each chunk (record: loss, nll, val_nll,
       lr, solver steps; model: the CNF so far, averaged parameters); it may raise to stop
       training (the last checkpoint stays).
-    - `progress`: rich progress bar (default: when stderr is a terminal).
+    - `progress`: a progress bar on stderr (default: when stderr is a terminal).
     - `time_limit`: stop (keeping the best check) once training has taken this many seconds
       (`stopped` is then `"time limit"`); for benchmarks on a budget.
 
@@ -422,25 +369,19 @@ def fit_cnf(
     best = ema = params
     state = {"best_val": float("inf"), "best_step": 0, "bad": 0, "since_change": 0}
     start, history, elapsed = 0, [], 0.0
-    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if folder is not None:
-        loaded = _load_checkpoint(folder, params, opt_state, fp)
-        if loaded is not None:
-            params, ema, opt_state, best, meta = loaded
-            start, history, elapsed = int(meta["step"]), list(meta["history"]), meta["seconds"]
-            state = {k: meta[k] for k in state}
-            if state["best_val"] is None:  # JSON keeps infinity as null
-                state["best_val"] = float("inf")
+    ckpt = None if checkpoint_dir is None else Checkpoint(Path(checkpoint_dir) / CHECKPOINT, fp)
+    loaded = None if ckpt is None else ckpt.load((params, params, opt_state, params))
+    if loaded is not None:
+        meta, (params, ema, opt_state, best) = loaded
+        start, history, elapsed = int(meta["step"]), list(meta["history"]), meta["seconds"]
+        state = {k: meta[k] for k in state}
     resumed_from = start
     lr_floor = config.learning_rate / MIN_LR_DIVISOR
     patience, plateau = int(config.patience), max(1, int(config.patience) // 2)
     stopped = "step limit"
 
-    if progress is None:
-        progress = sys.stderr.isatty()
     chunk = max(1, int(config.checkpoint_every))
-    with _progress(progress) as bar:
-        task = bar.add_task("train", total=config.steps, completed=start, loss=np.nan, nfe=0)
+    with Progress("CNF", total=config.steps, completed=start, enabled=progress) as bar:
         while start < config.steps and state["bad"] < patience:
             if time_limit is not None and elapsed >= time_limit:
                 stopped = "time limit"
@@ -504,16 +445,13 @@ def fit_cnf(
             start = stop
             if state["bad"] >= patience:
                 stopped = "converged"
-            if folder is not None and start < config.steps and state["bad"] < patience:
-                meta = {
-                    "step": start,
-                    "fingerprint": fp,
-                    "history": history,
-                    "seconds": elapsed,
-                    **state,
-                }
-                _save_checkpoint(folder, params, ema, opt_state, best, meta)
-            bar.update(task, completed=start, loss=record["loss"], nfe=record["solver_steps"])
+            if ckpt is not None and start < config.steps and state["bad"] < patience:
+                meta = {"step": start, "history": history, "seconds": elapsed, **state}
+                ckpt.save(meta, (params, ema, opt_state, best))
+            bar.update(
+                start,
+                note=f"loss {record['loss']:.3f}  steps/solve {record['solver_steps']:.0f}",
+            )
             if callback is not None:
                 callback(start, record, with_params(ema))
 
