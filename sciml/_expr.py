@@ -1,5 +1,7 @@
 """Safe mathematics: text -> SymPy expression -> JAX function. Never `eval`, never `sympify`.
 
+One walker for the expressions of model files and the formulas the symbolic engines print.
+
 Text is parsed by Python's own parser into a syntax tree (parsing runs no code), and the tree
 is walked with a whitelist: numbers, the allowed names, `+ - * / ** ^`, unary minus and calls
 of whitelisted functions. Anything else (attributes, subscripts, strings, lambdas, comparisons,
@@ -10,6 +12,7 @@ sub-expressions are folded in floating point with overflow checks, so `9**9**9` 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -22,25 +25,74 @@ MAX_CHARS = 10_000
 MAX_NODES = 2_000
 MAX_DEPTH = 64
 
-FUNCTIONS: dict[str, tuple[Callable, int]] = {
-    "exp": (sp.exp, 1),
-    "log": (sp.log, 1),
-    "sin": (sp.sin, 1),
-    "cos": (sp.cos, 1),
-    "tan": (sp.tan, 1),
-    "tanh": (sp.tanh, 1),
-    "sinh": (sp.sinh, 1),
-    "cosh": (sp.cosh, 1),
-    "sqrt": (sp.sqrt, 1),
-    "abs": (sp.Abs, 1),
-    "sign": (sp.sign, 1),
-    "min": (sp.Min, 2),
-    "max": (sp.Max, 2),
+
+class ExpressionError(ModelFileError):
+    """Text that is not an expression the walker accepts, from a model file or printed by a
+    symbolic engine. The message starts with the place (`where`), names what was refused and,
+    where it has one, the column, and quotes the text."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Function:
+    """A whitelisted function: its SymPy form, its arity and its float form (for folding
+    calls on constants: `exp(1000)` overflows float64, `sqrt(-1)` is not real; both are
+    refused rather than kept symbolic). `engines_only`: a spelling of the symbolic engines
+    (PySR's `square`, SymPy's `Abs`, ...), accepted in their output, not in model files."""
+
+    sympy: Callable[..., sp.Expr]
+    arity: int
+    numeric: Callable[..., float]
+    engines_only: bool = False
+
+
+def _engine(sympy: Callable[..., sp.Expr], arity: int, numeric: Callable[..., float]) -> Function:
+    return Function(sympy, arity, numeric, engines_only=True)
+
+
+def _sign(v: float) -> float:
+    return float((v > 0) - (v < 0))
+
+
+#: The one function table. Functions outside the exchange vocabulary of the symbolic engines
+#: (tan, cosh, ...) parse but are refused later by `symbolic.check_vocabulary`.
+FUNCTIONS: dict[str, Function] = {
+    "exp": Function(sp.exp, 1, math.exp),
+    "log": Function(sp.log, 1, math.log),
+    "sin": Function(sp.sin, 1, math.sin),
+    "cos": Function(sp.cos, 1, math.cos),
+    "tan": Function(sp.tan, 1, math.tan),
+    "tanh": Function(sp.tanh, 1, math.tanh),
+    "sinh": Function(sp.sinh, 1, math.sinh),
+    "cosh": Function(sp.cosh, 1, math.cosh),
+    "sqrt": Function(sp.sqrt, 1, math.sqrt),
+    "abs": Function(sp.Abs, 1, abs),
+    "sign": Function(sp.sign, 1, _sign),
+    "min": Function(sp.Min, 2, min),
+    "max": Function(sp.Max, 2, max),
+    # As the engines print them (PySR's `sympy_mappings` for the ones that are plain maths).
+    "Abs": _engine(sp.Abs, 1, abs),
+    "square": _engine(lambda a: a**2, 1, lambda v: v * v),
+    "cube": _engine(lambda a: a**3, 1, lambda v: v * v * v),
+    "neg": _engine(lambda a: -a, 1, lambda v: -v),
+    "inv": _engine(lambda a: 1 / a, 1, lambda v: 1 / v),
+    "sqrt_abs": _engine(lambda a: sp.sqrt(sp.Abs(a)), 1, lambda v: math.sqrt(abs(v))),
+    "log_abs": _engine(lambda a: sp.log(sp.Abs(a)), 1, lambda v: math.log(abs(v))),
+    "log1p": _engine(lambda a: sp.log(a + 1), 1, math.log1p),
+    "plus": _engine(lambda a, b: a + b, 2, lambda u, v: u + v),
+    "add": _engine(lambda a, b: a + b, 2, lambda u, v: u + v),
+    "sub": _engine(lambda a, b: a - b, 2, lambda u, v: u - v),
+    "mult": _engine(lambda a, b: a * b, 2, lambda u, v: u * v),
+    "mul": _engine(lambda a, b: a * b, 2, lambda u, v: u * v),
+    "div": _engine(lambda a, b: a / b, 2, lambda u, v: u / v),
+    "pow": _engine(lambda a, b: a**b, 2, math.pow),
 }
+#: The functions a model file may call.
+MODEL_FUNCTIONS = frozenset(name for name, f in FUNCTIONS.items() if not f.engines_only)
+_MODEL_TABLE = {name: f for name, f in FUNCTIONS.items() if not f.engines_only}
 CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "E": sp.E}
 # Names a model cannot give to a state or parameter. Constants are not among them: a declared
 # name shadows a constant of the same name (an SEIR model's state E is not Euler's number).
-RESERVED = frozenset(FUNCTIONS) | {"t"}
+RESERVED = MODEL_FUNCTIONS | {"t"}
 
 _BINOPS = {
     ast.Add: lambda a, b: a + b,
@@ -48,25 +100,6 @@ _BINOPS = {
     ast.Mult: lambda a, b: a * b,
     ast.Div: lambda a, b: a / b,
     ast.Pow: lambda a, b: a**b,
-}
-_OPNAMES = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
-
-# The whitelisted functions in float arithmetic, for folding calls on constants (`exp(1000)`
-# overflows float64, `sqrt(-1)` is not real: both refused rather than kept symbolic).
-_MATH: dict[str, Callable[..., float]] = {
-    "exp": math.exp,
-    "log": math.log,
-    "sin": math.sin,
-    "cos": math.cos,
-    "tan": math.tan,
-    "tanh": math.tanh,
-    "sinh": math.sinh,
-    "cosh": math.cosh,
-    "sqrt": math.sqrt,
-    "abs": abs,
-    "sign": lambda v: float((v > 0) - (v < 0)),
-    "min": min,
-    "max": max,
 }
 
 
@@ -86,11 +119,11 @@ def _fold(op: type, a: sp.Expr, b: sp.Expr, where: str) -> sp.Expr:
             if op is ast.Div:
                 value = x / y
     except ZeroDivisionError:
-        raise ModelFileError(f"{where}: division by zero") from None
+        raise ExpressionError(f"{where}: division by zero") from None
     except (OverflowError, ValueError):
-        raise ModelFileError(f"{where}: constant arithmetic overflows or is undefined") from None
+        raise ExpressionError(f"{where}: constant arithmetic overflows or is undefined") from None
     if not math.isfinite(value):
-        raise ModelFileError(f"{where}: constant arithmetic overflows")
+        raise ExpressionError(f"{where}: constant arithmetic overflows")
     return _number(value)
 
 
@@ -105,7 +138,7 @@ def _check_constants(expr: sp.Expr, where: str) -> None:
         except (TypeError, ValueError, OverflowError):
             value = complex(math.nan)
         if value.imag != 0 or not math.isfinite(value.real):
-            raise ModelFileError(
+            raise ExpressionError(
                 f"{where}: constant {atom} is not a finite real number in double precision"
             )
 
@@ -124,18 +157,32 @@ def _bracket_depth(text: str) -> int:
 
 
 def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str) -> sp.Expr:
-    """Parse `text` into a SymPy expression over `symbols` (name -> Symbol).
+    """Parse `text` (a model file's expression) into a SymPy expression over `symbols`
+    (name -> Symbol), calling only `MODEL_FUNCTIONS`.
 
     `where` names the place in the model file for error messages, e.g. `model.equations.x`.
+    Raises `ExpressionError` (a `ModelFileError`).
     """
+    return walk_expression(text, symbols, where=where, engines=False)
+
+
+def walk_expression(
+    text: str, symbols: Mapping[str, sp.Symbol], *, where: str, engines: bool
+) -> sp.Expr:
+    """The one expression walker: `text` -> SymPy over `symbols`, or `ExpressionError`.
+
+    `engines`: accept the engines' spellings of functions (`FUNCTIONS` entries marked
+    `engines_only`) as well as the model files' ones.
+    """
+    functions = FUNCTIONS if engines else _MODEL_TABLE
     if not isinstance(text, str):
-        raise ModelFileError(f"{where}: expected a string expression, got {type(text).__name__}")
+        raise ExpressionError(f"{where}: expected a string expression, got {type(text).__name__}")
     if len(text) > MAX_CHARS:
-        raise ModelFileError(f"{where}: expression is {len(text)} characters (max {MAX_CHARS})")
+        raise ExpressionError(f"{where}: expression is {len(text)} characters (max {MAX_CHARS})")
     if not text.strip():
-        raise ModelFileError(f'{where}: empty expression (write "0" when nothing is known)')
+        raise ExpressionError(f'{where}: empty expression (write "0" when nothing is known)')
     if _bracket_depth(text) > MAX_DEPTH:
-        raise ModelFileError(f"{where}: expression nested too deeply (max {MAX_DEPTH} levels)")
+        raise ExpressionError(f"{where}: expression nested too deeply (max {MAX_DEPTH} levels)")
     shown = text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
     # "^" is power in mathematics; Python's parser would give it lower precedence than "+"
     # (x^2 + 1 would read as x^(2 + 1)), so it is spelled "**" before parsing.
@@ -144,22 +191,22 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
         tree = ast.parse(source, mode="eval")
     except SyntaxError as err:
         col = f" at column {err.offset}" if err.offset else ""
-        raise ModelFileError(f"{where}: syntax error{col}: {err.msg} in {shown!r}") from None
+        raise ExpressionError(f"{where}: syntax error{col}: {err.msg} in {shown!r}") from None
     except (RecursionError, MemoryError):
-        raise ModelFileError(
+        raise ExpressionError(
             f"{where}: expression too long or nested too deeply to parse"
             f" (max {MAX_NODES} syntax nodes, {MAX_DEPTH} levels)"
         ) from None
     except ValueError as err:  # e.g. an integer literal of more than 4300 digits
-        raise ModelFileError(f"{where}: expression cannot be parsed ({err})") from None
+        raise ExpressionError(f"{where}: expression cannot be parsed ({err})") from None
     n_nodes = sum(1 for _ in ast.walk(tree))
     if n_nodes > MAX_NODES:
-        raise ModelFileError(f"{where}: expression too large ({n_nodes} nodes, max {MAX_NODES})")
+        raise ExpressionError(f"{where}: expression too large ({n_nodes} nodes, max {MAX_NODES})")
 
-    def fail(node: ast.AST, what: str) -> ModelFileError:
+    def fail(node: ast.AST, what: str) -> ExpressionError:
         col = getattr(node, "col_offset", None)
         at = f" at column {col + 1}" if col is not None else ""
-        return ModelFileError(f"{where}: {what}{at} in {shown!r}")
+        return ExpressionError(f"{where}: {what}{at} in {shown!r}")
 
     def binop(node: ast.BinOp, a: sp.Expr, b: sp.Expr) -> sp.Expr:
         if a.is_number and b.is_number:
@@ -169,6 +216,30 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
         if isinstance(node.op, ast.Pow) and b.is_number and abs(float(b)) > 64:
             raise fail(node, f"exponent {b} too large (max 64)")
         return _BINOPS[type(node.op)](a, b)
+
+    def call(node: ast.Call, depth: int) -> sp.Expr:
+        name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+        if name not in functions or name in symbols:
+            allowed = ", ".join(sorted(functions))
+            raise fail(node, f"function {name!r} is not allowed (allowed: {allowed})")
+        if node.keywords:
+            raise fail(node, "keyword arguments are not allowed")
+        function = functions[name]
+        if len(node.args) != function.arity:
+            raise fail(node, f"{name}() takes {function.arity} argument(s), got {len(node.args)}")
+        args = [walk(a, depth + 1) for a in node.args]
+        if all(a.is_number for a in args):
+            try:
+                folded = function.numeric(*(float(a) for a in args))
+            except (ValueError, OverflowError, TypeError, ZeroDivisionError):
+                folded = math.nan
+            if not math.isfinite(folded):
+                raise fail(node, f"{name}() of these constants is not a finite real")
+            return _number(float(folded))
+        value = function.sympy(*args)
+        if value.is_number and not value.is_finite:
+            raise fail(node, f"{name}() of these constants is not finite")
+        return value
 
     def walk(node: ast.AST, depth: int) -> sp.Expr:
         if depth > MAX_DEPTH:
@@ -192,7 +263,7 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
                 return symbols[node.id]
             if node.id in CONSTANTS:
                 return CONSTANTS[node.id]
-            if node.id in FUNCTIONS:
+            if node.id in functions:
                 raise fail(node, f"function {node.id!r} used without arguments")
             known = ", ".join(sorted(symbols)) or "none"
             raise fail(node, f"unknown symbol {node.id!r} (known: {known})")
@@ -210,30 +281,7 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
                 value = binop(link, value, walk(link.right, depth + 1))
             return value
         if isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-                name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
-                allowed = ", ".join(sorted(FUNCTIONS))
-                raise fail(node, f"function {name!r} is not allowed (allowed: {allowed})")
-            if node.keywords:
-                raise fail(node, "keyword arguments are not allowed")
-            func, arity = FUNCTIONS[node.func.id]
-            if len(node.args) != arity:
-                raise fail(
-                    node, f"{node.func.id}() takes {arity} argument(s), got {len(node.args)}"
-                )
-            args = [walk(a, depth + 1) for a in node.args]
-            if all(a.is_number for a in args):
-                try:
-                    folded = _MATH[node.func.id](*(float(a) for a in args))
-                except (ValueError, OverflowError, TypeError):
-                    folded = math.nan
-                if not math.isfinite(folded):
-                    raise fail(node, f"{node.func.id}() of these constants is not a finite real")
-                return _number(folded)
-            value = func(*args)
-            if value.is_number and not value.is_finite:
-                raise fail(node, f"{node.func.id}() of these constants is not finite")
-            return value
+            return call(node, depth)
         kind = type(node).__name__
         if isinstance(node, ast.BinOp | ast.UnaryOp):
             kind = f"operator {type(node.op).__name__}"
@@ -242,9 +290,9 @@ def parse_expression(text: str, symbols: Mapping[str, sp.Symbol], *, where: str)
     try:
         expr = walk(tree, 0)
     except RecursionError:
-        raise ModelFileError(f"{where}: expression nested too deeply") from None
+        raise ExpressionError(f"{where}: expression nested too deeply") from None
     if expr.is_number and not expr.is_finite:
-        raise ModelFileError(f"{where}: expression is not finite")
+        raise ExpressionError(f"{where}: expression is not finite")
     _check_constants(expr, where)
     return expr
 

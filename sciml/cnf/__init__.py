@@ -11,6 +11,7 @@ to solve.
 """
 
 from ._data import SKLEARN_DATASETS, Table, load_table
+from ._eval import evaluate_log_prob
 from ._flow import (
     CNF,
     EXACT_TRACE_MAX_DIM,
@@ -24,7 +25,7 @@ from ._flow import (
     resolve_trace,
     sample,
 )
-from ._run import evaluate_log_prob, load_cnf, prepare_tables, run_cnf, save_cnf
+from ._run import load_cnf, prepare_tables, run_cnf, save_cnf
 from ._stats import energy_distance
 from ._train import (
     CNFConfig,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_path
+from ._eval import evaluate_log_prob
 from ._flow import CNF
 
 #: Columns shown in the pairwise-marginals plot.
@@ -40,8 +41,6 @@ def plot_density_2d(
 ) -> None:
     """`density.png`: the model density on a grid beside the data; `samples.png`: samples vs
     held-out data on the same axes."""
-    from ._run import evaluate_log_prob
-
     plt = _figure_module()
     lo, hi = np.percentile(train, 0.5, axis=0), np.percentile(train, 99.5, axis=0)
     pad = 0.15 * (hi - lo)
