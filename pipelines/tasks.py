@@ -177,7 +177,7 @@ def symbolic_regression(
     """One engine's candidate formulas for every residual state: Parquet (or why none)."""
     import pandas as pd
 
-    from sciml._distil import DenseSamples
+    from sciml.distil import DenseSamples
     from sciml.discover import symbolic_stage
 
     samples = DenseSamples.from_frame(

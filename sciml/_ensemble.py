@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-import sympy as sp
 from jaxtyping import PRNGKeyArray
 
 from ._data import MIN_POINTS, TrajectorySet
@@ -464,14 +463,11 @@ class MemberTerms:
 
 def member_terms(selection) -> MemberTerms:
     """The kept discovered terms of a `Selection`, each as (state, term with coefficient 1)."""
-    tm, refit = selection.term_model, selection.refit
-    inner = tm.inner_constants(refit.params, digits=6)
-    terms = {}
-    for term, keep in zip(tm.terms, selection.mask):
-        if keep and term.origin == "discovered":
-            form = term.expr.subs(sp.Symbol(term.parameter, real=True), 1).xreplace(inner)
-            value = float(refit.params[tm.model.parameters.index(term.parameter)])
-            terms[(term.state, str(form))] = value
+    terms = {
+        (t.state, str(t.form)): t.coefficient
+        for t in selection.fitted_terms()
+        if t.kept and t.origin == "discovered"
+    }
     return MemberTerms(terms, selection.equations())
 
 
@@ -493,7 +489,7 @@ def distil_members(
     random half of the data of the member's own (`half_sample`), so that the spread of a
     coefficient over members estimates its sampling spread. A member whose distillation fails
     numerically is kept as a failure (it includes no term)."""
-    from ._distil import dense_samples
+    from .distil import dense_samples
 
     smoothed = smoothed if smoothed is not None else smooth(data)
     out = []
@@ -521,7 +517,7 @@ def distil_members(
 
 def refit_to(selection, data: TrajectorySet, fit_initial_state: bool = True):
     """`selection` (a `Selection`) with its model's constants refit to `data` (same terms)."""
-    from ._distil import Refitter
+    from .distil import Refitter
 
     refitter = Refitter(selection.term_model, data, fit_initial_state=fit_initial_state)
     refit = refitter.fit(list(selection.mask), start=selection.refit.params)

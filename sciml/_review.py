@@ -38,13 +38,13 @@ import numpy as np
 import pandas as pd
 import sympy as sp
 
-from ._distil import Refitter, Selection, build_term_model, model_field, prune_terms
 from ._errors import InputError, NumericalError, OutputDirError
 from ._expr import parse_expression
 from ._io import atomic_path, write_json
 from ._mechanistic import MechanisticFit
 from ._model import MechanisticModel
 from ._rundir import run_directory
+from .distil import Refitter, Selection, build_term_model, model_field, prune_terms
 
 REVISIONS = "revisions"
 SNAPSHOT = ("discovered.json", "predictions.parquet", "report.html")
@@ -373,18 +373,16 @@ def _refit(run: _Loaded, chosen: dict[str, set[tuple[str, str]]]):
     except KeyError as err:
         raise InputError(f"discovered.json: no fitted value for parameter {err}") from None
     tm = build_term_model(model, mech_params, formulas)
-    start = np.asarray(tm.model.guesses, dtype=float).copy()
-    mask, force = [], set()
-    for i, term in enumerate(tm.terms):
-        inner = tm.inner_constants(tm.model.guesses)
-        form = term.expr.subs(sp.Symbol(term.parameter, real=True), 1).xreplace(inner)
-        k = (term.state, _key(_form(form)))
-        known = by_key.get(k)
-        start[tm.model.parameters.index(term.parameter)] = known.coefficient if known else 0.0
-        on = k in wanted or (known is None and term.origin == "theory")
-        mask.append(on and k not in rejected)
-        if k in forced:
-            force.add(i)
+    keys = [(t.state, _key(_form(f))) for t, f in zip(tm.terms, tm.forms(tm.model.guesses))]
+    known = [by_key.get(k) for k in keys]
+    start = tm.with_coefficients(
+        tm.model.guesses, [t.coefficient if t is not None else 0.0 for t in known]
+    )
+    mask = [
+        (k in wanted or (t is None and term.origin == "theory")) and k not in rejected
+        for k, t, term in zip(keys, known, tm.terms)
+    ]
+    force = {i for i, k in enumerate(keys) if k in forced}
     fitter = Refitter(tm, run.train, fit_initial_state=run.settings.fit_initial_state)
     fit = fitter.fit(mask, start=start)
     if not fit.ok:

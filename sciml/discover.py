@@ -22,7 +22,14 @@ import sympy as sp
 
 from ._config import Config
 from ._data import TrajectorySet, load_trajectories, state_columns
-from ._distil import (
+from ._errors import InputError
+from ._io import atomic_path, write_json
+from ._mechanistic import MechanisticFit, fit_mechanistic
+from ._model import MechanisticModel, load_model, no_theory_model
+from ._rundir import run_directory
+from ._smooth import smooth
+from ._ude import TrainedUDE, UDEConfig, train_ude
+from .distil import (
     DenseSamples,
     Selection,
     dense_samples,
@@ -31,13 +38,6 @@ from ._distil import (
     select_and_refit,
     simulate_field,
 )
-from ._errors import InputError
-from ._io import atomic_path, write_json
-from ._mechanistic import MechanisticFit, fit_mechanistic
-from ._model import MechanisticModel, load_model, no_theory_model
-from ._rundir import run_directory
-from ._smooth import smooth
-from ._ude import TrainedUDE, UDEConfig, train_ude
 
 log = logging.getLogger("sciml")
 
@@ -396,26 +396,13 @@ def summarise(
     }
     if selection is None:
         return result
-    tm, refit = selection.term_model, selection.refit
+    refit = selection.refit
     result["equations"] = selection.equations()
-    # inner constants (e.g. k in tanh(k*x)) are inlined; each term's own coefficient is not
-    inner = tm.inner_constants(refit.params, digits=6)
-    terms, forms = [], []
-    for term, keep in zip(tm.terms, selection.mask):
-        i = tm.model.parameters.index(term.parameter)
-        # Kept as SymPy objects: text would have to be parsed back, and SymPy's parser takes
-        # state names such as S, I, E, N, O or Q for its own objects.
-        forms.append(term.expr.subs(sp.Symbol(term.parameter, real=True), 1).xreplace(inner))
-        terms.append(
-            {
-                "state": term.state,
-                "term": str(forms[-1]),
-                "coefficient": float(refit.params[i]) if keep else 0.0,
-                "stderr": float(refit.stderr[i]) if keep else None,
-                "origin": term.origin,
-                "kept": bool(keep),
-            }
-        )
+    # Each term's form kept as a SymPy object (inner constants such as k in tanh(k*x) inlined):
+    # text would have to be parsed back, and SymPy's parser takes state names such as S, I, E,
+    # N, O or Q for its own objects.
+    fitted = selection.fitted_terms()
+    terms, forms = [t.to_dict() for t in fitted], [t.form for t in fitted]
     result["terms"] = terms
     for state, chosen in selection.chosen.items():
         formula = sp.Add(

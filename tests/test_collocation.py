@@ -9,10 +9,10 @@ import pytest
 import sympy as sp
 
 import sciml
-from sciml._distil import collocation_score, select_and_refit
 from sciml._model import no_theory_model
 from sciml._smooth import smooth
 from sciml.discover import load_inputs
+from sciml.distil import collocation_score, select_and_refit
 
 
 def logistic(t, x0=5.0, r=0.8, k=70.0):
@@ -108,17 +108,10 @@ def test_selection_recovers_an_exact_polynomial_from_sindy_candidates():
     table.insert(0, "engine", "sindy")
     table.insert(0, "state", "x")
     selection = select_and_refit(model, [], table, data)
-    terms = {
-        t.expr.subs(sp.Symbol(t.parameter, real=True), 1)
-        for t, keep in zip(selection.term_model.terms, selection.mask)
-        if keep
-    }
+    kept = [t for t in selection.fitted_terms() if t.kept]
     x = model.state_symbols[0]
-    assert terms == {x, x**2}, selection.equations()
-    coef = dict(zip(selection.term_model.model.parameters, selection.refit.params))
-    values = sorted(
-        coef[t.parameter] for t, k in zip(selection.term_model.terms, selection.mask) if k
-    )
+    assert {t.form for t in kept} == {x, x**2}, selection.equations()
+    values = sorted(t.coefficient for t in kept)
     np.testing.assert_allclose(values, [-0.8 / 70.0, 0.8], rtol=1e-3)
 
 
@@ -164,71 +157,3 @@ def test_cli_without_a_model_refuses_a_column_that_cannot_be_a_state(tmp_path, c
     assert code == 2, err
     assert "'sin'" in err and str(path) in err
     assert not (tmp_path / "out" / "discovered.json").exists()
-
-
-def lorenz_set(t_end=8.0, n=400, noise=0.01, seed=0):
-    from scipy.integrate import solve_ivp
-
-    def f(_, u):
-        x, y, z = u
-        return [10 * (y - x), x * (28 - z) - y, x * y - 8 / 3 * z]
-
-    t = np.linspace(0, t_end, n)
-    sol = solve_ivp(f, (0, t_end), [1.0, 1.0, 20.0], t_eval=t, rtol=1e-10, atol=1e-10)
-    y = sol.y.T
-    y = y + noise * np.std(y, axis=0) * np.random.default_rng(seed).standard_normal(y.shape)
-    return sciml.from_arrays(["x", "y", "z"], [t], [y])
-
-
-def test_multiple_shooting_refits_a_chaotic_system_that_one_shooting_cannot():
-    """The true Lorenz terms with every coefficient 20% off: refit through the ODE in pieces
-    one characteristic period long, the coefficients come back; refit in one shooting over
-    eight time units of chaos, they do not."""
-    from sciml._distil import Refitter, build_term_model
-
-    data = lorenz_set()
-    model = no_theory_model(["x", "y", "z"])
-    x, y, z = model.state_symbols
-    truth = {"x": 10 * y - 10 * x, "y": 28 * x - x * z - y, "z": x * y - 8 / 3 * z}
-    off = {s: sum(1.2 * t for t in sp.Add.make_args(e)) for s, e in truth.items()}
-    tm = build_term_model(model, [], off)
-    coefficients = {(t.state, str(t.expr / sp.Symbol(t.parameter, real=True))): t for t in tm.terms}
-    expected = {
-        (s, str(t.as_coeff_Mul()[1])): float(t.as_coeff_Mul()[0])
-        for s, e in truth.items()
-        for t in sp.Add.make_args(e)
-    }
-    assert set(expected) == set(coefficients)
-
-    def error(horizon):
-        fit = Refitter(tm, data, horizon=horizon).fit([True] * len(tm.terms))
-        got = dict(zip(tm.model.parameters, fit.params))
-        return max(abs(got[coefficients[k].parameter] / v - 1) for k, v in expected.items())
-
-    assert error(None) < 0.02
-    assert error(np.inf) > 0.05
-
-
-def test_term_parameters_never_take_a_state_or_parameter_name():
-    """A state named like a term coefficient (`c_x_0`) stays a state: the coefficients get
-    names of their own, and the inner constants are found by what they are, not by name."""
-    from sciml._distil import build_term_model
-
-    model = no_theory_model(["x", "c_x_0"])
-    x, c = model.state_symbols
-    tm = build_term_model(model, [], {"x": 0.5 * c * x + sp.tanh(0.3 * x)})
-    assert not set(tm.model.parameters) & set(model.states)
-    assert len(set(tm.model.parameters)) == len(tm.model.parameters) == 3
-    eq = tm.model.equations[0]
-    assert c in eq.free_symbols  # the state itself is still in its term
-    assert [float(v) for v in tm.inner_constants(tm.model.guesses).values()] == [0.3]
-    assert (
-        sp.simplify(
-            sp.sympify(
-                tm.inlined(tm.model.guesses, [True, True])["x"],
-                locals={"c_x_0": sp.Symbol("c_x_0", real=True), "x": x},
-            )
-            - (0.5 * c * x + sp.tanh(0.3 * x))
-        )
-        == 0
-    )

@@ -1,0 +1,436 @@
+"""Candidate search: which of the engines' formulas go back into the ODE, and their refits.
+
+The engines' table is scored once (`candidate_pool`: collocation scores on the smoothed data,
+the candidates worth a refit per state); then each search is a function from the pool and the
+best `Candidate` so far to the candidates it tried and the new best:
+
+- `polynomial_search`: polynomial candidates are masks over one model whose terms are the union
+  of their monomials (one compilation for all); the states are swept until nothing improves;
+- `formula_search`: the leading non-polynomial formulas, one model each;
+- `fallback_search`: where nothing could be refit, the simplest formulas, then the theory alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import sympy as sp
+
+from .._data import TrajectorySet
+from .._model import MechanisticModel
+from .._smooth import Smoothed
+from ._refit import Refit, Refitter
+from ._terms import Term, TermModel, build_term_model
+
+
+# -- collocation scores -------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class CollocationScore:
+    """How well a candidate's terms, with coefficients refit by least squares, match the
+    smoothed data's derivative residual (no ODE solve): BIC over the interior points."""
+
+    bic: float
+    rss: float
+    k: int
+
+
+def _term_forms(expr: sp.Expr) -> list[sp.Expr]:
+    """The additive terms of `expr` without their numeric coefficients (inner constants kept),
+    as `build_term_model` splits them."""
+    forms = []
+    for term in sp.Add.make_args(sp.expand(expr)):
+        if term != 0:
+            forms.append(term.as_coeff_Mul()[1])
+    return forms
+
+
+def collocation_score(
+    expr: sp.Expr, model: MechanisticModel, X: np.ndarray, target: np.ndarray
+) -> CollocationScore | None:
+    """Score one candidate formula on smoothed states `X` (n, D) against `target` (n,); None
+    when its terms cannot be evaluated there (non-finite values)."""
+    from .._expr import evaluate
+
+    values = dict(zip(model.state_symbols, [jnp.asarray(X[:, i]) for i in range(X.shape[1])]))
+    values[model.time_symbol] = jnp.zeros(len(X))
+    forms = _term_forms(expr)
+    n = len(target)
+    if forms:
+        try:
+            theta = np.stack(
+                [np.broadcast_to(np.asarray(evaluate(f, values), float), (n,)) for f in forms],
+                axis=1,
+            )
+        except (NotImplementedError, TypeError, ValueError):
+            return None
+        if not np.all(np.isfinite(theta)):
+            return None
+        coef = np.linalg.lstsq(theta, target, rcond=None)[0]
+        resid = target - theta @ coef
+    else:
+        resid = target
+    rss = float(np.sum(resid**2))
+    k = len(forms) + sum(len(f.atoms(sp.Float)) for f in forms)
+    bic = n * math.log(max(rss, 1e-300) / n) + k * math.log(n)
+    return CollocationScore(bic, rss, k)
+
+
+# -- the pool of candidates ---------------------------------------------------------------------
+def _in_model_symbols(expr: sp.Expr, model: MechanisticModel) -> sp.Expr:
+    table = model.symbol_table()
+    return sp.expand(expr.xreplace({s: table[s.name] for s in expr.free_symbols}))
+
+
+def _polynomial_coefficients(expr: sp.Expr, symbols) -> dict[tuple[int, ...], float] | None:
+    """Monomial exponents -> coefficient, or None when `expr` is not a polynomial."""
+    if not expr.is_polynomial(*symbols):
+        return None
+    poly = sp.Poly(expr, *symbols)
+    return {m: float(c) for m, c in zip(poly.monoms(), poly.coeffs())}
+
+
+def _front_choices(
+    table: pd.DataFrame, state: str, max_complexity: int, is_polynomial
+) -> list[int]:
+    """What the network's own candidates argue for, whatever the smoothed data say (with few or
+    noisy points the collocation scores can mislead): on one state's combined Pareto front of
+    the network's candidates, the polynomial with the highest PySR score (the steepest drop in
+    loss per unit of complexity), and PySR's "best" choice where it is a polynomial."""
+    from ..symbolic import pareto_front, select_model
+
+    sub = table[(table["state"] == state) & (table["complexity"] <= max_complexity)]
+    if "samples" in sub:
+        sub = sub[sub["samples"] != "data"]
+    if sub.empty:
+        return []
+    front = pareto_front(sub.reset_index(drop=False)).set_index("index")
+    poly = [int(r) for r in front.index if is_polynomial(int(r))]
+    out = []
+    if poly:
+        out.append(max(poly, key=lambda r: float(front.loc[r, "score"])))
+    best = int(select_model(front, "best")) if len(front) else None
+    if best is not None and is_polynomial(best) and best not in out:
+        out.append(best)
+    return out
+
+
+def _ranked_candidates(
+    table: pd.DataFrame,
+    state: str,
+    scores: dict[int, CollocationScore | None],
+    max_complexity: int,
+) -> list[int]:
+    """One state's candidates worth a refit through the ODE, best collocation BIC first; each
+    formula text once (engines often agree). Candidates that cannot be evaluated go last."""
+    sub = table[(table["state"] == state) & (table["complexity"] <= max_complexity)]
+    if sub.empty:  # nothing simple enough: fall back on the simplest candidates there are
+        sub = table[table["state"] == state].nsmallest(3, "complexity")
+
+    def key(r: int) -> tuple[float, int]:
+        score = scores.get(r)
+        return (score.bic if score is not None else math.inf, int(table.loc[r, "complexity"]))
+
+    rows, seen = [], set()
+    for r in sorted((int(r) for r in sub.index), key=key):
+        text = str(table.loc[r, "equation"])
+        if text not in seen:
+            seen.add(text)
+            rows.append(r)
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidatePool:
+    """The engines' candidates prepared for the search (rows are `table`'s index).
+
+    - `exprs`: each row's formula over the model's symbols; `polynomials`: its monomial
+      exponents -> coefficient, None when it is not a polynomial;
+    - `scores`: its collocation score (None: it cannot be evaluated on the smoothed data);
+    - `order`: per state, the rows worth a refit, best collocation BIC first;
+    - `polynomial_rows`, `formula_rows`: per state, the polynomial and other rows to refit.
+    """
+
+    table: pd.DataFrame
+    states: tuple[str, ...]
+    exprs: Mapping[int, sp.Expr]
+    polynomials: Mapping[int, Mapping[tuple[int, ...], float] | None]
+    scores: Mapping[int, CollocationScore | None]
+    order: Mapping[str, list[int]]
+    polynomial_rows: Mapping[str, list[int]]
+    formula_rows: Mapping[str, list[int]]
+
+    def first_choice(self) -> dict[str, int]:
+        """One row per state to start from: its best polynomial, else its best formula."""
+        return {s: (self.polynomial_rows[s] or self.formula_rows[s])[0] for s in self.states}
+
+    def is_polynomial(self, choice: Mapping[str, int]) -> bool:
+        return all(self.polynomials[r] is not None for r in choice.values())
+
+    def simplest(self, fallback: Mapping[str, int]) -> dict[str, int]:
+        """Each state's least complex ranked row (`fallback`'s row where none is ranked)."""
+        complexity = self.table["complexity"]
+        return {
+            s: min(self.order[s] or [fallback[s]], key=lambda r: int(complexity.loc[r]))
+            for s in self.states
+        }
+
+    def chosen(self, choice: Mapping[str, int]) -> dict[str, dict]:
+        """What `Selection.chosen` records of each state's row."""
+        t = self.table
+        return {
+            s: {
+                "engine": str(t.loc[r, "engine"]),
+                "equation": str(t.loc[r, "equation"]),
+                "complexity": int(t.loc[r, "complexity"]),
+                "loss": float(t.loc[r, "loss"]),
+                "row": int(r),
+            }
+            for s, r in choice.items()
+        }
+
+
+def candidate_pool(
+    table: pd.DataFrame,
+    model: MechanisticModel,
+    mech_params: Sequence[float],
+    smoothed: Smoothed,
+    *,
+    max_complexity: int = 80,
+    max_polynomial: int = 4,
+    max_nonpolynomial: int = 1,
+) -> CandidatePool:
+    """Score every candidate by collocation and choose, per state, the best `max_polynomial`
+    polynomial rows (with the network's own choices on its Pareto front) and the best
+    `max_nonpolynomial` other rows that score better than every polynomial one."""
+    states = tuple(s for s in model.residual_states if (table["state"] == s).any())
+    symbols = model.state_symbols
+    exprs = {int(r): _in_model_symbols(table.loc[r, "sympy_format"], model) for r in table.index}
+    polys = {r: _polynomial_coefficients(e, symbols) for r, e in exprs.items()}
+    X, dydt = smoothed.inner()
+    mech = np.asarray(
+        jax.vmap(lambda y: model.vector_field(0.0, y, jnp.asarray(mech_params, float)))(
+            jnp.asarray(X)
+        )
+    )
+    scores: dict[int, CollocationScore | None] = {}
+    for r, e in exprs.items():
+        j = model.states.index(str(table.loc[r, "state"]))
+        scores[r] = collocation_score(e, model, X, dydt[:, j] - mech[:, j])
+    order = {s: _ranked_candidates(table, s, scores, max_complexity) for s in states}
+
+    # The polynomial candidates worth a refit: the best few by collocation, and the network's
+    # own choice on its Pareto front.
+    poly_rows = {}
+    for s in states:
+        rows = [r for r in order[s] if polys[r] is not None][:max_polynomial]
+        for r in _front_choices(table, s, max_complexity, lambda r: polys[r] is not None):
+            if r not in rows:
+                rows.append(r)
+        poly_rows[s] = rows
+
+    def beats_polynomials(r: int, s: str) -> bool:
+        best_poly = min(
+            (scores[p].bic for p in poly_rows[s] if scores[p] is not None), default=None
+        )
+        return best_poly is None or (scores[r] is not None and scores[r].bic < best_poly)
+
+    other_rows = {
+        s: [r for r in order[s] if polys[r] is None and beats_polynomials(r, s)][:max_nonpolynomial]
+        for s in states
+    }
+    for s in states:  # every state needs a first candidate
+        if not poly_rows[s] and not other_rows[s]:
+            other_rows[s] = [r for r in order[s] if polys[r] is None][:1]
+    return CandidatePool(table, states, exprs, polys, scores, order, poly_rows, other_rows)
+
+
+# -- candidates and their search ----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One model tried: a row of the table per state, its term model, the terms switched on
+    and its refit to the data through the ODE."""
+
+    choice: Mapping[str, int]  # state -> row of the candidates' table
+    kind: str  # "polynomial", "formula" or "fallback"
+    term_model: TermModel
+    refitter: Refitter
+    mask: tuple[bool, ...]
+    refit: Refit
+
+    def beats(self, other: Candidate | None, margin: float = 0.0) -> bool:
+        """Refit, and its BIC lower than `other`'s by more than `margin` (or `other` failed)."""
+        return self.refit.ok and (
+            other is None or not other.refit.ok or self.refit.bic < other.refit.bic - margin
+        )
+
+    def record(self, table: pd.DataFrame) -> dict:
+        """What `Selection.tried` records of it."""
+        return {
+            "choice": {s: str(table.loc[r, "equation"]) for s, r in self.choice.items()},
+            "engines": {s: str(table.loc[r, "engine"]) for s, r in self.choice.items()},
+            "kind": self.kind,
+            "bic": self.refit.bic if self.refit.ok else None,
+            "sse": self.refit.sse,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """What every search needs: the declared model and its fit, the data and the pool."""
+
+    model: MechanisticModel
+    mech_params: Sequence[float]
+    data: TrajectorySet
+    pool: CandidatePool
+    fit_initial_state: bool = True
+
+    def refitter(self, tm: TermModel) -> Refitter:
+        return Refitter(tm, self.data, fit_initial_state=self.fit_initial_state)
+
+    def formula_model(self, choice: Mapping[str, int]) -> TermModel:
+        """The declared model plus each state's chosen formula."""
+        exprs = self.pool.exprs
+        return build_term_model(
+            self.model, self.mech_params, {s: exprs[r] for s, r in choice.items()}
+        )
+
+    def current(self, best: Candidate | None) -> dict[str, int]:
+        """The choice the next search varies: the best so far, else the pool's first."""
+        return dict(best.choice) if best is not None else self.pool.first_choice()
+
+
+def _exps(term: Term, symbols) -> tuple[int, ...] | None:
+    """The exponents of a term that is one monomial; None otherwise."""
+    if not term.form.is_polynomial(*symbols):
+        return None
+    monoms = sp.Poly(term.form, *symbols).monoms()
+    return monoms[0] if len(monoms) == 1 else None
+
+
+def _theory_coefficient(model, mech_params, state, expr, symbols) -> float:
+    """Coefficient, in the declared model with fitted numbers, of the monomial `expr`."""
+    eq = model.equations[model.states.index(state)]
+    eq = sp.expand(eq.xreplace(dict(zip(model.parameter_symbols, map(sp.Float, mech_params)))))
+    return float(sp.Poly(eq, *symbols).coeff_monomial(expr)) if eq.is_polynomial(*symbols) else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PolynomialLibrary:
+    """One term model with every monomial the polynomial candidates use: each candidate is a
+    mask over it with its own starting coefficients (the theory's plus the formula's)."""
+
+    term_model: TermModel
+    refitter: Refitter
+    exponents: tuple[tuple[int, ...] | None, ...]  # per term
+    theory: tuple[float, ...]  # per term: the declared model's coefficient (0 if none)
+
+    @classmethod
+    def build(cls, space: SearchSpace) -> PolynomialLibrary:
+        pool, model = space.pool, space.model
+        symbols = model.state_symbols
+        library: dict[str, set[tuple[int, ...]]] = {s: set() for s in pool.states}
+        for s in pool.states:
+            for r in pool.polynomial_rows[s]:
+                library[s].update(pool.polynomials[r])
+
+        def monomial(exps) -> sp.Expr:
+            return sp.Mul(*[v**e for v, e in zip(symbols, exps)])
+
+        formulas = {s: sp.Add(*[monomial(m) for m in sorted(library[s])]) for s in pool.states}
+        tm = build_term_model(model, space.mech_params, formulas)
+        exponents = tuple(_exps(t, symbols) for t in tm.terms)
+        theory = tuple(
+            float(_theory_coefficient(model, space.mech_params, t.state, t.form, symbols))
+            if t.origin == "theory"
+            else 0.0
+            for t in tm.terms
+        )
+        return cls(tm, space.refitter(tm), exponents, theory)
+
+    def candidate(self, pool: CandidatePool, choice: Mapping[str, int]) -> Candidate:
+        """The refit of the polynomial candidates `choice` (state -> row)."""
+        tm = self.term_model
+        mask, start = [], []
+        for t, exps, base in zip(tm.terms, self.exponents, self.theory):
+            coefs = pool.polynomials[choice[t.state]] if t.state in choice else {}
+            mask.append(t.origin == "theory" or (exps is not None and exps in coefs))
+            start.append(base + coefs.get(exps, 0.0))
+        start = tm.with_coefficients(tm.model.guesses, start)
+        fit = self.refitter.fit(mask, start=start)
+        return Candidate(dict(choice), "polynomial", tm, self.refitter, tuple(mask), fit)
+
+
+def polynomial_search(
+    space: SearchSpace, best: Candidate | None, *, sweeps: int = 3
+) -> tuple[Candidate | None, list[Candidate]]:
+    """Where every state's first choice is a polynomial: each state's polynomial rows tried in
+    turn (coordinate-wise), the states swept until nothing improves (at most `sweeps` times)."""
+    pool, current = space.pool, space.current(best)
+    if not pool.is_polynomial(current):
+        return best, []
+    library = PolynomialLibrary.build(space)
+    best = library.candidate(pool, current)
+    tried = [best]
+    seen = {tuple(sorted(current.items()))}
+    for _ in range(sweeps):
+        changed = False
+        for s in pool.states:
+            for r in pool.polynomial_rows[s]:
+                choice = {**space.current(best), s: r}
+                key = tuple(sorted(choice.items()))
+                if key in seen:
+                    continue
+                seen.add(key)
+                tried.append(library.candidate(pool, choice))
+                if tried[-1].beats(best):
+                    best, changed = tried[-1], True
+        if not changed:
+            break
+    return best, tried
+
+
+def formula_search(
+    space: SearchSpace, best: Candidate | None, *, margin: float = 2.0
+) -> tuple[Candidate | None, list[Candidate]]:
+    """Each state's leading non-polynomial formulas, in a model (and a compilation) each. They
+    must beat the best so far by a BIC lower by more than `margin`, since their inner constants
+    make them more flexible than their parameter count says."""
+    tried = []
+    for s in space.pool.states:
+        for r in space.pool.formula_rows[s]:
+            choice = {**space.current(best), s: r}
+            tm = space.formula_model(choice)
+            refitter = space.refitter(tm)
+            mask = (True,) * len(tm.terms)
+            tried.append(Candidate(choice, "formula", tm, refitter, mask, refitter.fit(mask)))
+            if tried[-1].beats(best, margin):
+                best = tried[-1]
+    return best, tried
+
+
+def fallback_search(
+    space: SearchSpace, best: Candidate | None
+) -> tuple[Candidate | None, list[Candidate]]:
+    """Only where no candidate could be refit (every one blows up through the ODE): the
+    simplest formula of each state, then the theory alone (every discovered term off), which
+    is the mechanistic fit and integrates."""
+    if best is not None and best.refit.ok:
+        return best, []
+    choice = space.pool.simplest(space.current(best))
+    tm = space.formula_model(choice)
+    refitter = space.refitter(tm)
+    tried = []
+    for mask in ((True,) * len(tm.terms), tuple(t.origin == "theory" for t in tm.terms)):
+        tried.append(Candidate(choice, "fallback", tm, refitter, mask, refitter.fit(mask)))
+        if tried[-1].refit.ok:
+            return tried[-1], tried
+    return best, tried
+
+
+SEARCHES = (polynomial_search, formula_search, fallback_search)

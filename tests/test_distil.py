@@ -1,0 +1,273 @@
+"""Distillation's pieces on small exact problems: the term model, the refit through the ODE,
+pruning and the candidate search (no UDE training, no symbolic engine)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import sympy as sp
+from scipy.integrate import solve_ivp
+
+import sciml
+from sciml._model import model_from_dict, no_theory_model
+from sciml._smooth import smooth
+from sciml.distil import (
+    Candidate,
+    Refitter,
+    SearchSpace,
+    build_term_model,
+    candidate_pool,
+    fallback_search,
+    formula_search,
+    polynomial_search,
+    prune_terms,
+)
+
+A, B, C, D = 1.3, 0.9, 0.8, 1.8  # x' = A x - B x y, y' = C x y - D y
+
+
+def lotka_volterra(n=40, t_end=8.0):
+    def f(_, u):
+        x, y = u
+        return [A * x - B * x * y, C * x * y - D * y]
+
+    t = np.linspace(0, t_end, n)
+    sol = solve_ivp(f, (0, t_end), [2.0, 1.0], t_eval=t, rtol=1e-11, atol=1e-11)
+    return sciml.from_arrays(["x", "y"], [t], [sol.y.T])
+
+
+def theory_model(bounds: dict[str, tuple[float, float]] | None = None):
+    """The prey's growth and the predator's death declared (rates A, D); interactions unknown."""
+    params = {"alpha": {"value": A}, "delta": {"value": D}}
+    for name, (lo, hi) in (bounds or {}).items():
+        params[name] = {
+            "value": float(np.clip(params[name]["value"], lo, hi)),
+            "min": lo,
+            "max": hi,
+        }
+    return model_from_dict(
+        {
+            "model": {
+                "states": ["x", "y"],
+                "parameters": params,
+                "equations": {"x": "alpha*x", "y": "-delta*y"},
+            },
+            "residual": {"states": ["x", "y"]},
+        }
+    )
+
+
+def by_form(tm, params) -> dict[tuple[str, str], float]:
+    """(state, term) -> coefficient."""
+    forms = tm.forms(params)
+    return {(t.state, str(f)): c for t, f, c in zip(tm.terms, forms, tm.coefficients(params))}
+
+
+# -- the term model -------------------------------------------------------------------------------
+def test_term_model_merges_theory_and_formula_terms_and_evaluates_like_them():
+    model = theory_model()
+    x, y = model.state_symbols
+    tm = build_term_model(model, [1.0, 2.0], {"x": -0.5 * x * y + 0.25 * x, "y": 0.75 * x * y})
+    # the formula's x term merges with the theory's (1.0 + 0.25), and keeps the theory's origin
+    assert by_form(tm, tm.model.guesses) == {
+        ("x", "x"): 1.25,
+        ("x", "x*y"): -0.5,
+        ("y", "y"): -2.0,
+        ("y", "x*y"): 0.75,
+    }
+    assert [t.origin for t in tm.terms] == ["theory", "discovered", "theory", "discovered"]
+    assert not set(tm.model.parameters) & {"alpha", "delta", "x", "y"}
+
+    point = np.array([0.7, 1.9])
+    field = np.asarray(tm.model.vector_field(0.0, point, np.asarray(tm.model.guesses)))
+    px, py = point
+    np.testing.assert_allclose(field, [1.25 * px - 0.5 * px * py, -2.0 * py + 0.75 * px * py])
+
+    # switching a term off is a zero coefficient; setting coefficients moves only those
+    off = [True, False, True, True]
+    params = np.asarray(tm.model.guesses) * tm.param_mask(off)
+    field = np.asarray(tm.model.vector_field(0.0, point, params))
+    np.testing.assert_allclose(field[0], 1.25 * px)
+    moved = tm.with_coefficients(tm.model.guesses, [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(tm.coefficients(moved), [1.0, 2.0, 3.0, 4.0])
+    assert tm.inlined(moved, off) == {"x": "1.0*x", "y": "4.0*x*y + 3.0*y"}
+    final = tm.final_model(moved, off)
+    assert final.parameters == ()
+    np.testing.assert_allclose(
+        np.asarray(final.vector_field(0.0, point, np.zeros(0))), [px, 3 * py + 4 * px * py]
+    )
+
+
+def test_inner_constants_are_parameters_found_by_what_they_are():
+    model = no_theory_model(["x"])
+    x = model.state_symbols[0]
+    tm = build_term_model(model, [], {"x": 2.0 * sp.tanh(0.3 * x) - x})
+    (inner,) = tm.inner_constants(tm.model.guesses)
+    assert tm.inner_constants(tm.model.guesses) == {inner: sp.Float(0.3)}
+    assert by_form(tm, tm.model.guesses) == {("x", "tanh(0.3*x)"): 2.0, ("x", "x"): -1.0}
+    assert [t.origin for t in tm.terms] == ["discovered", "discovered"]
+    # the inner constant is free in the model: moving it changes the field
+    params = np.asarray(tm.model.guesses, dtype=float)
+    params[tm.model.parameters.index(inner.name)] = 1.0
+    assert by_form(tm, params) == {("x", "tanh(1.0*x)"): 2.0, ("x", "x"): -1.0}
+    value = float(tm.model.vector_field(0.0, np.array([0.5]), params)[0])
+    assert value == pytest.approx(2.0 * np.tanh(0.5) - 0.5)
+
+
+def test_term_parameters_never_take_a_state_or_parameter_name():
+    """A state and a parameter named like the term model's own (`c_x_0`, `k_x_1_0`) stay what
+    they are: the coefficients and constants get names of their own."""
+    model = model_from_dict(
+        {
+            "model": {
+                "states": ["x", "c_x_0"],
+                "parameters": {"k_x_1_0": 0.5},
+                "equations": {"x": "k_x_1_0*c_x_0", "c_x_0": "0"},
+            },
+            "residual": {"states": ["x"]},
+        }
+    )
+    x, c = model.state_symbols
+    tm = build_term_model(model, [0.5], {"x": sp.tanh(0.3 * x)})
+    names = tm.model.parameters
+    assert not set(names) & {"x", "c_x_0", "k_x_1_0"}
+    assert len(set(names)) == len(names) == 3
+    assert c in tm.model.equations[0].free_symbols  # the state itself is still in its term
+    assert [float(v) for v in tm.inner_constants(tm.model.guesses).values()] == [0.3]
+    value = float(tm.model.vector_field(0.0, np.array([0.4, 3.0]), np.asarray(tm.model.guesses))[0])
+    assert value == pytest.approx(0.5 * 3.0 + np.tanh(0.3 * 0.4))
+
+
+# -- the refit ------------------------------------------------------------------------------------
+def off_by(tm, factor: float) -> np.ndarray:
+    return tm.with_coefficients(tm.model.guesses, factor * tm.coefficients(tm.model.guesses))
+
+
+@pytest.mark.parametrize("horizon", [None, np.inf], ids=["multiple-shooting", "one-shooting"])
+def test_refit_recovers_exact_coefficients(horizon):
+    data = lotka_volterra()
+    model = theory_model()
+    x, y = model.state_symbols
+    tm = build_term_model(model, [A, D], {"x": -B * x * y, "y": C * x * y})
+    fit = Refitter(tm, data, horizon=horizon).fit([True] * 4, start=off_by(tm, 1.15))
+    assert fit.ok
+    got = by_form(tm, fit.params)
+    truth = {("x", "x"): A, ("x", "x*y"): -B, ("y", "y"): -D, ("y", "x*y"): C}
+    for key, value in truth.items():
+        assert got[key] == pytest.approx(value, rel=1e-4), key
+    np.testing.assert_allclose(fit.y0, [[2.0, 1.0]], rtol=1e-4)
+    assert np.all(tm.coefficients(fit.stderr) > 0)
+
+
+def lorenz_set(t_end=8.0, n=400, noise=0.01, seed=0):
+    def f(_, u):
+        x, y, z = u
+        return [10 * (y - x), x * (28 - z) - y, x * y - 8 / 3 * z]
+
+    t = np.linspace(0, t_end, n)
+    sol = solve_ivp(f, (0, t_end), [1.0, 1.0, 20.0], t_eval=t, rtol=1e-10, atol=1e-10)
+    y = sol.y.T
+    y = y + noise * np.std(y, axis=0) * np.random.default_rng(seed).standard_normal(y.shape)
+    return sciml.from_arrays(["x", "y", "z"], [t], [y])
+
+
+def test_multiple_shooting_refits_a_chaotic_system_that_one_shooting_cannot():
+    """The true Lorenz terms with every coefficient 20% off: refit through the ODE in pieces
+    one characteristic period long, the coefficients come back; refit in one shooting over
+    eight time units of chaos, they do not."""
+    data = lorenz_set()
+    model = no_theory_model(["x", "y", "z"])
+    x, y, z = model.state_symbols
+    truth = {"x": 10 * y - 10 * x, "y": 28 * x - x * z - y, "z": x * y - 8 / 3 * z}
+    off = {s: sum(1.2 * t for t in sp.Add.make_args(e)) for s, e in truth.items()}
+    tm = build_term_model(model, [], off)
+    expected = {
+        (s, str(t.as_coeff_Mul()[1])): float(t.as_coeff_Mul()[0])
+        for s, e in truth.items()
+        for t in sp.Add.make_args(e)
+    }
+    assert set(expected) == set(by_form(tm, tm.model.guesses))
+
+    def error(horizon):
+        fit = Refitter(tm, data, horizon=horizon).fit([True] * len(tm.terms))
+        got = by_form(tm, fit.params)
+        return max(abs(got[k] / v - 1) for k, v in expected.items())
+
+    assert error(None) < 0.02
+    assert error(np.inf) > 0.05
+
+
+# -- pruning --------------------------------------------------------------------------------------
+def test_pruning_drops_spurious_terms_and_keeps_the_true_ones():
+    data = lotka_volterra()
+    model = theory_model()
+    x, y = model.state_symbols
+    tm = build_term_model(model, [A, D], {"x": -B * x * y + 0.05 * y**2, "y": C * x * y + 0.05 * x})
+    refitter = Refitter(tm, data)
+    mask = [True] * len(tm.terms)
+    fit = refitter.fit(mask)
+    fit, mask, pruned = prune_terms(tm, refitter, fit, mask)
+    assert {(p["state"], p["term"]) for p in pruned} == {("x", "y**2"), ("y", "x")}
+    kept = {(t.state, str(t.form)) for t, keep in zip(tm.terms, mask) if keep}
+    assert kept == {("x", "x"), ("x", "x*y"), ("y", "y"), ("y", "x*y")}
+    assert by_form(tm, fit.params)[("x", "x*y")] == pytest.approx(-B, rel=1e-4)
+    # a term the reviewer keeps is never pruned
+    forced = next(i for i, t in enumerate(tm.terms) if str(t.form) == "y**2")
+    _, mask, pruned = prune_terms(
+        tm, refitter, refitter.fit([True] * 6), [True] * 6, forced={forced}
+    )
+    assert mask[forced] and ("x", "y**2") not in {(p["state"], p["term"]) for p in pruned}
+
+
+# -- candidate search -----------------------------------------------------------------------------
+def candidates_table(model) -> pd.DataFrame:
+    """A hand-made engines' table for the residuals -B x y (state x) and C x y (state y)."""
+    x, y = model.state_symbols
+    rows = [
+        ("x", -0.5 * x, 2, 1e-1),
+        ("x", -B * x * y, 3, 1e-9),
+        ("x", -B * x * y + 0.2 * y**2, 7, 1e-4),
+        ("x", sp.sin(-0.9 * y), 4, 1e-2),
+        ("y", C * x * y, 3, 1e-9),
+        ("y", 0.5 * x, 2, 1e-1),
+    ]
+    return pd.DataFrame(
+        {
+            "state": [r[0] for r in rows],
+            "engine": "hand",
+            "complexity": [r[2] for r in rows],
+            "loss": [r[3] for r in rows],
+            "equation": [str(r[1]) for r in rows],
+            "sympy_format": [r[1] for r in rows],
+        }
+    )
+
+
+def test_candidate_search_returns_candidates_and_finds_the_true_formulas():
+    data = lotka_volterra()
+    model = theory_model()
+    table = candidates_table(model)
+    pool = candidate_pool(table, model, [A, D], smooth(data))
+    assert pool.states == ("x", "y")
+    assert pool.polynomials[3] is None and pool.polynomials[1] == {(1, 1): -B}
+    assert pool.first_choice() == {"x": 1, "y": 4}  # best collocation score per state
+    space = SearchSpace(model, [A, D], data, pool)
+
+    best, tried = polynomial_search(space, None)
+    assert all(isinstance(c, Candidate) and c.kind == "polynomial" for c in tried)
+    assert len({tuple(sorted(c.choice.items())) for c in tried}) == len(tried)  # each once
+    assert best.choice == {"x": 1, "y": 4} and best.refit.ok
+    assert all(best.refit.bic <= c.refit.bic for c in tried if c.refit.ok)
+    record = best.record(table)
+    assert record["choice"] == {"x": table.loc[1, "equation"], "y": table.loc[4, "equation"]}
+    assert record["kind"] == "polynomial" and record["bic"] == best.refit.bic
+
+    # a formula must beat the best polynomial clearly; the true one is not beaten
+    formulas = dataclasses.replace(pool, formula_rows={"x": [3], "y": []})
+    after, tried = formula_search(dataclasses.replace(space, pool=formulas), best)
+    assert [c.kind for c in tried] == ["formula"] and tried[0].choice == {"x": 3, "y": 4}
+    assert after is best
+    assert fallback_search(space, best) == (best, [])  # nothing to fall back from
