@@ -457,13 +457,7 @@ def _log_tail(path: Path, n: int = 3) -> str:
 
 def run_suite(cases: list[Path], out: Path, args: argparse.Namespace) -> None:
     """Run the cases not yet done, `args.jobs` worker processes at a time."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from sciml._progress import Progress
 
     def pending(case: Path) -> list[str]:
         return [
@@ -480,15 +474,7 @@ def run_suite(cases: list[Path], out: Path, args: argparse.Namespace) -> None:
     env = _worker_env(args.jobs)
     running: dict[Path, tuple[subprocess.Popen, float, Any]] = {}
     queue = list(todo)
-    progress = Progress(
-        TextColumn("cases"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-    )
-    with progress:
-        task = progress.add_task("", total=len(cases), completed=skipped)
+    with Progress("cases", total=len(cases), completed=skipped, enabled=True) as progress:
         try:
             while queue or running:
                 while queue and len(running) < args.jobs:
@@ -502,7 +488,7 @@ def run_suite(cases: list[Path], out: Path, args: argparse.Namespace) -> None:
                         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                     )
                     running[case] = (proc, time.monotonic(), log)
-                progress.update(task, description=", ".join(c.name for c in running))
+                progress.update(note=", ".join(c.name for c in running))
                 time.sleep(0.2)
                 for case, (proc, started, log) in list(running.items()):
                     timed_out = args.timeout and time.monotonic() - started > args.timeout
@@ -522,7 +508,7 @@ def run_suite(cases: list[Path], out: Path, args: argparse.Namespace) -> None:
                         tail = _log_tail(out / "logs" / f"{case.name}.log")
                         err = f"{why}: {tail}" if tail else why
                         write_row(out, failure_row(case.name, m, method_settings(m, args), err))
-                    progress.advance(task)
+                    progress.update(advance=1)
         except KeyboardInterrupt:
             for proc, _, _log in running.values():
                 proc.terminate()

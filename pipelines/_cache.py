@@ -20,8 +20,6 @@ reads its record.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import socket
 import uuid
@@ -63,8 +61,9 @@ LIBRARY: Path | None = None  # the library's source folder; None: where `sciml` 
 
 
 def _digest(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    from sciml.io import json_digest
+
+    return json_digest(obj)
 
 
 def stage_payload(stage: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,16 +100,18 @@ class StageInputs(CachePolicy):
 def source_digest(root: str | Path, packages: Iterable[str] = ()) -> str:
     """SHA-256 over every `*.py` file under `root` (relative path and content) and the
     installed versions of `packages`."""
+    from sciml.io import Fingerprint
+
     root = Path(root)
-    h = hashlib.sha256()
+    h = Fingerprint()
     for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        h.text(str(path.relative_to(root))).bytes(path.read_bytes())
     for name in packages:
         try:
             version = metadata.version(name)
         except metadata.PackageNotFoundError:
             version = "absent"
-        h.update(f"{name}=={version}\0".encode())
+        h.text(f"{name}=={version}")
     return h.hexdigest()
 
 
@@ -206,7 +207,7 @@ class LockManager(FileSystemLockManager):
 
 
 def _pid_alive(pid: Any) -> bool:
-    from sciml._rundir import pid_alive
+    from sciml.io import pid_alive
 
     return not isinstance(pid, int) or pid_alive(pid)
 

@@ -300,7 +300,7 @@ def _reap(pid: int) -> bool:
 
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a zombie that is our child is reaped here)."""
-    from sciml._rundir import pid_alive
+    from sciml.io import pid_alive
 
     if _reap(pid) or not pid_alive(pid):
         return False
@@ -362,7 +362,7 @@ def release_locks(root: str | os.PathLike[str], pids: Iterable[int], depth: int 
 
     Returns the folders released. A lock of a live process, or of any other process, is kept.
     """
-    from sciml._rundir import LOCK, TEMPORARY
+    from sciml.io import LOCK, TEMPORARY
 
     pids = set(pids)
     root = Path(root)

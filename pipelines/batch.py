@@ -87,7 +87,7 @@ def summary(out: str, state: Any) -> dict[str, Any]:
 def batch(params: BatchParams) -> dict[str, Any]:
     """Send every run to the deployment's work pool, wait, write `batch.json` and `index.html`."""
     note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
-    from sciml._io import write_json
+    from sciml.io import write_json
     from sciml.report import render_index
 
     logger = get_run_logger()

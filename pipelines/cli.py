@@ -239,8 +239,8 @@ def _discover_params(args: argparse.Namespace):
 def _check_out(path: str | os.PathLike[str]) -> None:
     """The output folder can be made and written (checked before Prefect starts; nothing is
     created): not an existing file, no file on the way to it, writable, not held by a run."""
-    from sciml._errors import OutputDirError
-    from sciml._rundir import LOCK, pid_alive
+    from sciml import OutputDirError
+    from sciml.io import LOCK, pid_alive
 
     path = Path(path).absolute()
     if path.exists() and not path.is_dir():
@@ -507,7 +507,7 @@ def _user() -> str:
 
 def _review(args: argparse.Namespace) -> None:
     """`sciml review DIR`: without a decision, the terms to decide on; with one, the refit."""
-    from sciml._review import Decision, review_choices, review_run
+    from sciml.review import Decision, review_choices, review_run
 
     decision = Decision(
         reject=tuple(args.reject),

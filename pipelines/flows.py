@@ -76,8 +76,8 @@ def discover(params: DiscoverParams) -> dict[str, Any]:
     link). Without a `[residual]` section the run is a plain mechanistic fit.
     """
     note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
-    from sciml._rundir import run_directory
     from sciml.discover import RESULT_FILES, TimeBudget
+    from sciml.io import run_directory
 
     config = discovery_config(params)
     results = str(params.results_dir.resolve())

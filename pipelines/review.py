@@ -96,7 +96,7 @@ def _description(out: str, choices: dict[str, Any]) -> str:
 @task(name="review-refit", cache_policy=NO_CACHE, persist_result=True, result_serializer="json")
 def review_refit(out: str, decision: dict[str, Any]) -> dict[str, Any]:
     """Refit the run in `out` under the decision: its next revision (`sciml review`'s work)."""
-    from sciml._review import Decision, review_run
+    from sciml.review import Decision, review_run
 
     result = review_run(out, Decision(**decision))
     entry = result["review"]["history"][-1]
@@ -119,7 +119,7 @@ def await_review(out: str, timeout: int, poll_interval: int = 2) -> dict[str, An
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    from sciml._review import AWAITING, mark_awaiting, review_choices
+    from sciml.review import AWAITING, mark_awaiting, review_choices
 
     choices = review_choices(out)
     form, names = review_form(choices)
@@ -159,7 +159,7 @@ def final_state(summary: dict[str, Any], value: Any) -> Any:
     """The flow's return: `value`, or a Completed state named "Awaiting review" holding it."""
     from prefect.states import Completed
 
-    from sciml._review import AWAITING
+    from sciml.review import AWAITING
 
     if summary.get("status") != AWAITING:
         return value

@@ -478,23 +478,11 @@ def write_outputs(
 
 # -- the whole pipeline ------------------------------------------------------------------------
 def rich_progress() -> tuple[Any, Callable[[str, int, int, float], None]]:
-    """A rich progress bar and the callback that advances it."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    """A progress bar (`sciml._progress`) and the callback that advances it."""
+    from ._progress import Progress
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.3g}"),
-        TimeElapsedColumn(),
-        transient=False,
-    )
-    task = bar.add_task("UDE training", total=1, loss=float("nan"))
-
-    def callback(stage: str, step: int, total: int, loss: float) -> None:
-        bar.update(task, description=f"UDE: {stage}", completed=step, total=total, loss=loss)
-
-    return bar, callback
+    bar = Progress("UDE", total=1, enabled=True)
+    return bar, bar.stage_callback()
 
 
 def _attach_log(out: Path) -> logging.Handler:

@@ -8,7 +8,6 @@ names the file and the key.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import DataError
+from .._fingerprint import Fingerprint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +34,7 @@ class ImageSet:
         return tuple(self.images.shape[1:])
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        h.update(str(self.images.shape).encode())
-        h.update(np.ascontiguousarray(self.images).tobytes())
-        h.update(np.ascontiguousarray(self.labels).tobytes())
-        return h.hexdigest()[:16]
+        return Fingerprint().array(self.images).array(self.labels).hexdigest(16)
 
     def subset(self, index: np.ndarray, source: str | None = None) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], source or self.source)
