@@ -40,11 +40,21 @@ log = logging.getLogger("sciml")
 
 @dataclasses.dataclass(frozen=True)
 class Trajectory:
-    """One trajectory: strictly increasing times `t` (M,) and states `y` (M, D)."""
+    """One trajectory: strictly increasing times `t` (M,) and states `y` (M, D).
+
+    Partial observation (docs/partial-observation.md): `obs` (M, K) holds the values of the
+    model's observation equations (NaN where not measured), and `observed` (M, D + K) says
+    which states and observations were measured at each time (None: every state, no
+    observation equations). Where a state was not measured, `y` holds an estimate: the
+    interpolation of its measured values, a fitted model's simulation (`with_states`), or NaN
+    where there is none yet.
+    """
 
     name: str
     t: np.ndarray
     y: np.ndarray
+    obs: np.ndarray | None = None
+    observed: np.ndarray | None = None
 
     @property
     def t0(self) -> float:
@@ -54,14 +64,36 @@ class Trajectory:
     def t1(self) -> float:
         return float(self.t[-1])
 
+    def take(self, rows) -> Trajectory:
+        """The samples `rows` (an index array or a slice) of this trajectory."""
+        return Trajectory(
+            self.name,
+            self.t[rows],
+            self.y[rows],
+            None if self.obs is None else self.obs[rows],
+            None if self.observed is None else self.observed[rows],
+        )
+
+    def mask(self, k: int = 0) -> np.ndarray:
+        """(M, D + k) bool: which states (and `k` observations) were measured."""
+        if self.observed is not None:
+            return self.observed
+        return np.ones((len(self.t), self.y.shape[1] + k), dtype=bool)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrajectorySet:
-    """Several trajectories of the same states, possibly of different lengths and sampling."""
+    """Several trajectories of the same states, possibly of different lengths and sampling.
+
+    `observables` names the model's observation equations whose values the data hold
+    (`Trajectory.obs`); with them, or with states not measured everywhere, the set is
+    `partial`.
+    """
 
     states: tuple[str, ...]
     trajectories: tuple[Trajectory, ...]
     source: str = "<memory>"
+    observables: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.trajectories:
@@ -77,6 +109,26 @@ class TrajectorySet:
     @property
     def n_points(self) -> int:
         return sum(len(tr.t) for tr in self.trajectories)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """What each data point may hold: the states, then the observations."""
+        return (*self.states, *self.observables)
+
+    @property
+    def partial(self) -> bool:
+        """Whether some state is not measured at some sample, or observations are declared."""
+        return bool(self.observables) or any(
+            tr.observed is not None and not tr.observed.all() for tr in self.trajectories
+        )
+
+    def unmeasured(self) -> np.ndarray:
+        """(N, D) bool: states never measured in a trajectory (their initial value is a free
+        parameter of every fit)."""
+        d = len(self.states)
+        return np.stack(
+            [~tr.mask(len(self.observables))[:, :d].any(axis=0) for tr in self.trajectories]
+        )
 
     def padded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stack into `ts` (N, M), `ys` (N, M, D) and `mask` (N, M), M the longest length.
@@ -96,10 +148,72 @@ class TrajectorySet:
             mask[i, :k] = 1.0
         return ts, ys, mask
 
+    def padded_channels(self) -> tuple[np.ndarray, np.ndarray]:
+        """The measurements as `values` (N, M, D + K) (0 where not measured) and `mask`
+        (N, M, D + K) (1 where measured): what every loss compares a model's
+        `MechanisticModel.channels` with."""
+        m = max(len(tr.t) for tr in self.trajectories)
+        n, c = len(self.trajectories), len(self.channels)
+        values = np.zeros((n, m, c))
+        mask = np.zeros((n, m, c))
+        for i, tr in enumerate(self.trajectories):
+            k = len(tr.t)
+            row = tr.y if tr.obs is None else np.concatenate([tr.y, tr.obs], axis=1)
+            seen = tr.mask(len(self.observables))
+            values[i, :k] = np.where(seen, row, 0.0)
+            mask[i, :k] = seen
+        return values, mask
+
+    def channel_scale(self) -> np.ndarray:
+        """`state_scale` for the states, then the mean absolute measured value (or 1 if ~0)
+        of every observation."""
+        if not self.observables:
+            return self.state_scale()
+        d = len(self.states)
+        obs = np.concatenate([tr.obs for tr in self.trajectories])
+        seen = np.concatenate([tr.mask(len(self.observables))[:, d:] for tr in self.trajectories])
+        scale = np.array(
+            [
+                np.mean(np.abs(obs[seen[:, j], j])) if seen[:, j].any() else 1.0
+                for j in range(obs.shape[1])
+            ]
+        )
+        return np.concatenate([self.state_scale(), np.where(scale > 1e-12, scale, 1.0)])
+
+    def with_states(self, ys: Sequence[np.ndarray]) -> TrajectorySet:
+        """A copy whose unmeasured state values are the estimates `ys` (one (M, D) array per
+        trajectory); measured values are kept. `self` when every state is measured."""
+        if not self.partial:
+            return self
+        out = []
+        for tr, y in zip(self.trajectories, ys, strict=True):
+            seen = tr.mask(len(self.observables))[:, : len(self.states)]
+            y = np.asarray(y, dtype=float)[: len(tr.t)]
+            out.append(dataclasses.replace(tr, y=np.where(seen, tr.y, y)))
+        return dataclasses.replace(self, trajectories=tuple(out))
+
     def state_scale(self) -> np.ndarray:
-        """Per-state scale for weighting residuals: the mean absolute value (or 1 if ~0)."""
+        """Per-state scale for weighting residuals: the mean absolute value (or 1 if ~0); of
+        the measured values, or of the estimates of a state never measured."""
         allys = np.concatenate([tr.y for tr in self.trajectories])
-        scale = np.mean(np.abs(allys), axis=0)
+        if not self.partial:
+            scale = np.mean(np.abs(allys), axis=0)
+        else:
+            d = len(self.states)
+            seen = np.concatenate(
+                [tr.mask(len(self.observables))[:, :d] for tr in self.trajectories]
+            )
+            with np.errstate(invalid="ignore"):
+                scale = np.array(
+                    [
+                        np.mean(np.abs(allys[seen[:, j], j]))
+                        if seen[:, j].any()
+                        else np.nanmean(np.abs(allys[:, j]))
+                        if np.isfinite(allys[:, j]).any()
+                        else 1.0
+                        for j in range(d)
+                    ]
+                )
         return np.where(scale > 1e-12, scale, 1.0)
 
     def segments(self, horizon: float, min_points: int = 8) -> Shooting:
@@ -116,7 +230,7 @@ class TrajectorySet:
             cuts = np.searchsorted(tr.t, tr.t0 + span * np.arange(1, pieces) / pieces)
             for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(tr.t)])):
                 name = tr.name if pieces == 1 else f"{tr.name}[{k}]"
-                pieces_out.append(Trajectory(name, tr.t[a:b], tr.y[a:b]))
+                pieces_out.append(dataclasses.replace(tr.take(slice(a, b)), name=name))
                 rows.append(offset + a)
             offset += len(tr.t)
         return Shooting(
@@ -131,9 +245,9 @@ class TrajectorySet:
         for tr in self.trajectories:
             cut = tr.t0 + fraction * (tr.t1 - tr.t0)
             keep = tr.t <= cut + 1e-12
-            train.append(Trajectory(tr.name, tr.t[keep], tr.y[keep]))
+            train.append(tr.take(keep))
             if (~keep).sum() > 0:
-                test.append(Trajectory(tr.name, tr.t[~keep], tr.y[~keep]))
+                test.append(tr.take(~keep))
         test_set = dataclasses.replace(self, trajectories=tuple(test)) if test else None
         return dataclasses.replace(self, trajectories=tuple(train)), test_set
 
@@ -157,16 +271,39 @@ def from_arrays(
     ys: Sequence[np.ndarray],
     names: Sequence[str] | None = None,
     source: str = "<memory>",
+    *,
+    observables: Sequence[str] = (),
+    obs: Sequence[np.ndarray] | None = None,
 ) -> TrajectorySet:
-    """Build a validated `TrajectorySet` from arrays (one entry per trajectory)."""
+    """Build a validated `TrajectorySet` from arrays (one entry per trajectory). NaN in `ys`
+    marks a state not measured there; `obs` (one (M, K) array per trajectory, NaN where not
+    measured) holds the values of the observation equations named `observables`."""
     names = list(names) if names is not None else [str(i) for i in range(len(ts))]
+    obs = [None] * len(ts) if obs is None else obs
     trajs = []
-    for name, t, y in zip(names, ts, ys, strict=True):
+    for name, t, y, o in zip(names, ts, ys, obs, strict=True):
         t = np.asarray(t, dtype=float)
         y = np.asarray(y, dtype=float).reshape(len(t), len(states))
+        if observables:
+            o = np.asarray(o, dtype=float).reshape(len(t), len(observables))
         _check_times(t, source, name, row_offset=0, rows=None)
-        trajs.append(Trajectory(str(name), t, y))
-    return TrajectorySet(tuple(states), tuple(trajs), source)
+        trajs.append(_trajectory(str(name), t, y, o if observables else None))
+    return TrajectorySet(tuple(states), tuple(trajs), source, tuple(observables))
+
+
+def _trajectory(name: str, t: np.ndarray, y: np.ndarray, obs: np.ndarray | None) -> Trajectory:
+    """A trajectory whose NaN values (in `y` and `obs`) are not measured; a state's missing
+    values are estimated by interpolating its measured ones (NaN where it has none)."""
+    row = y if obs is None else np.concatenate([y, obs], axis=1)
+    seen = np.isfinite(row)
+    if seen.all() and obs is None:
+        return Trajectory(name, t, y)
+    y = y.copy()
+    for j in range(y.shape[1]):
+        have = seen[:, j]
+        if have.any() and not have.all():
+            y[~have, j] = np.interp(t[~have], t[have], y[have, j])
+    return Trajectory(name, t, y, obs, seen)
 
 
 def state_columns(
@@ -263,16 +400,23 @@ def _clip_list(names: list[str], n: int = 20) -> str:
     return f"[{shown}{more}]"
 
 
-def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
+def _numeric_column(
+    df: pd.DataFrame, col: str, path: Path, *, allow_missing: bool = False
+) -> np.ndarray:
+    """The column as floats; with `allow_missing`, empty cells and NaN are NaN (not measured)."""
     raw = df[col]
     if raw.dtype == object or pd.api.types.is_string_dtype(raw):
         text = raw.astype(str).str.strip()
         missing = (text == "") | text.str.lower().isin(["nan", "na", "n/a", "null", "none"])
+        gap = missing.to_numpy() if allow_missing else np.zeros(len(text), dtype=bool)
+        if allow_missing:
+            text = text.where(~missing, "nan")
+            missing = missing & False
         if missing.any():
             row = int(np.argmax(missing.to_numpy())) + 1
             raise DataError(f"{path}: column {col!r}, row {row}: missing value (empty or NaN)")
         values = pd.to_numeric(text, errors="coerce")
-        bad = values.isna().to_numpy()
+        bad = values.isna().to_numpy() & ~gap
         if bad.any():
             row = int(np.argmax(bad)) + 1
             raise DataError(
@@ -284,11 +428,13 @@ def _numeric_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
         if pd.api.types.is_bool_dtype(raw) or not pd.api.types.is_numeric_dtype(raw):
             raise DataError(f"{path}: column {col!r}: not numeric (dtype {raw.dtype})")
         values = raw.to_numpy(dtype=float)
-        nan = np.isnan(values)
+        nan = np.isnan(values) & (not allow_missing)
         if nan.any():
             row = int(np.argmax(nan)) + 1
             raise DataError(f"{path}: column {col!r}, row {row}: missing value (NaN)")
     bad = ~np.isfinite(values) | (np.abs(values) > _MAX_ABS)
+    if allow_missing:
+        bad &= ~np.isnan(values)
     if bad.any():
         row = int(np.argmax(bad)) + 1
         raise DataError(
@@ -323,14 +469,22 @@ def load_trajectories(
     *,
     time: str = "t",
     trajectory: str = "trajectory",
+    measured: Sequence[str] | None = None,
+    observables: Sequence[str] = (),
 ) -> TrajectorySet:
     """Load and validate long-form trajectory data from CSV or Parquet.
 
     **Arguments:**
     - `path`: the data file.
-    - `states`: the state columns, in the model's order.
+    - `states`: the model's states, in its order.
     - `time`: the time column's name.
     - `trajectory`: the trajectory id column; optional in the file (one trajectory if absent).
+    - `measured`: the states that have a column (None: every state); the others are
+      unmeasured (docs/partial-observation.md).
+    - `observables`: the columns of the model's observation equations.
+
+    Empty cells and NaN are allowed in state and observation columns (not measured there),
+    never in the time column; every row must measure something.
 
     **Raises** `DataError` naming the file, column and row of the first problem found.
     """
@@ -343,19 +497,40 @@ def load_trajectories(
     dupes = sorted(c for c, n in counts.items() if n > 1 and c)
     if dupes:
         raise DataError(f"{path}: duplicate column name(s) {dupes}")
-    if time in states or trajectory in states or time == trajectory:
+    measured = list(states) if measured is None else [s for s in states if s in measured]
+    columns = [*measured, *observables]
+    if time in columns or trajectory in columns or time == trajectory:
         raise DataError(
             f"{path}: the time column {time!r}, the trajectory column {trajectory!r} and the "
-            f"state columns {list(states)} must all differ"
+            f"state columns {columns} must all differ"
         )
-    missing = [c for c in [time, *states] if not c or c not in df.columns]
+    missing = [c for c in [time, *columns] if not c or c not in df.columns]
     if missing:
+        hint = (
+            "; a state the data do not measure is declared in the model file's [observed]"
+            " section (docs/partial-observation.md)"
+            if set(missing) & set(states)
+            else ""
+        )
         raise DataError(
             f"{path}: missing column(s) {missing}; found {_clip_list(list(df.columns))} "
-            f"(states come from the model file, the time column from [data] time)"
+            f"(states come from the model file, the time column from [data] time){hint}"
         )
     t_all = _numeric_column(df, time, path)
-    y_all = np.stack([_numeric_column(df, s, path) for s in states], axis=1)
+    values = {c: _numeric_column(df, c, path, allow_missing=True) for c in columns}
+    for c in columns:
+        if np.isnan(values[c]).all():
+            raise DataError(f"{path}: column {c!r} has no values (every cell empty or NaN)")
+    if columns:
+        empty = np.all(np.isnan(np.stack([values[c] for c in columns], axis=1)), axis=1)
+        if empty.any():
+            row = int(np.argmax(empty)) + 1
+            raise DataError(
+                f"{path}: row {row}: no measured value (every state column empty or NaN)"
+            )
+    nan = np.full(len(df), np.nan)
+    y_all = np.stack([values.get(s, nan) for s in states], axis=1)
+    obs_all = np.stack([values[c] for c in observables], axis=1) if observables else None
     if trajectory in df.columns:
         col = df[trajectory]
         ids = col.astype(str).str.strip().to_numpy()
@@ -372,8 +547,9 @@ def load_trajectories(
     for name, rows in zip(order, np.split(grouped, bounds), strict=True):
         t = t_all[rows]
         _check_times(t, path, name, row_offset=1, rows=rows)
-        trajs.append(Trajectory(str(name), t, y_all[rows]))
-    return thin(TrajectorySet(tuple(states), tuple(trajs), str(path)))
+        obs = None if obs_all is None else obs_all[rows]
+        trajs.append(_trajectory(str(name), t, y_all[rows], obs))
+    return thin(TrajectorySet(tuple(states), tuple(trajs), str(path), tuple(observables)))
 
 
 def thin(data: TrajectorySet) -> TrajectorySet:
@@ -392,7 +568,7 @@ def thin(data: TrajectorySet) -> TrajectorySet:
     for tr in trajs:
         if len(tr.t) > per:
             idx = np.unique(np.linspace(0, len(tr.t) - 1, per).round().astype(int))
-            tr = Trajectory(tr.name, tr.t[idx], tr.y[idx])
+            tr = tr.take(idx)
         thinned.append(tr)
     out = dataclasses.replace(data, trajectories=tuple(thinned))
     kept = f"{len(out)} of {len(data)} trajectories (evenly spaced in the file), " * (

@@ -13,7 +13,9 @@ Initial states may be fitted too, since the first measurement is as noisy as the
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import diffrax
 import equinox as eqx
@@ -25,6 +27,7 @@ from jaxtyping import PRNGKeyArray
 
 from ._data import TrajectorySet
 from ._errors import NumericalError
+from ._io import write_json
 from ._model import MechanisticModel
 from ._solve import solve
 
@@ -121,6 +124,36 @@ class MechanisticFit:
     def parameter_dict(self) -> dict[str, float]:
         return {n: float(v) for n, v in zip(self.model.parameters, self.params, strict=True)}
 
+    def save(self, path: str | Path) -> None:
+        """The fit as JSON (`MechanisticFit.load` reads it back with the model)."""
+        write_json(
+            path,
+            {
+                "parameters": self.parameter_dict,
+                "params": np.asarray(self.params).tolist(),
+                "y0": np.asarray(self.y0).tolist(),
+                "cost": float(self.cost),
+                "rmse": np.asarray(self.rmse).tolist(),
+                "n_starts": int(self.n_starts),
+                "success": bool(self.success),
+                "message": str(self.message),
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, model: MechanisticModel) -> MechanisticFit:
+        d = json.loads(Path(path).read_text())
+        return cls(
+            model=model,
+            params=np.asarray(d["params"], dtype=float),
+            y0=np.asarray(d["y0"], dtype=float),
+            cost=float(d["cost"]),
+            rmse=np.asarray(d["rmse"], dtype=float),
+            n_starts=int(d["n_starts"]),
+            success=bool(d["success"]),
+            message=str(d["message"]),
+        )
+
 
 def _full_params(model: MechanisticModel, free):
     full = jnp.asarray(model.guesses, dtype=jnp.float64)
@@ -145,6 +178,42 @@ def simulate(
         )[:2]
 
     return jax.vmap(one)(y0s, ts)
+
+
+def predicted_channels(model: MechanisticModel, params, ts, pred):
+    """What the data hold, as the model predicts it: states `pred` (N, M, D) at times `ts`
+    (N, M) -> (N, M, D + K), the states then the observation equations' values."""
+    return jax.vmap(jax.vmap(model.channels, in_axes=(0, 0, None)), in_axes=(0, 0, None))(
+        ts, pred, params
+    )
+
+
+def channel_residuals(model: MechanisticModel, params, ts, pred, values, mask, scale):
+    """Scaled residuals of predicted states `pred` (N, M, D) against a data set's
+    `padded_channels()` (`values`, `mask`), 0 where nothing was measured: (N, M, D + K)."""
+    if not model.observations and values.shape[-1] == pred.shape[-1]:
+        predicted = pred
+    else:
+        predicted = predicted_channels(model, params, ts, pred)
+    return jnp.where(mask > 0, (predicted - values) / scale, 0.0)
+
+
+def initial_guesses(model: MechanisticModel, data: TrajectorySet) -> np.ndarray:
+    """(N, D, 4): guess, min, max and known (1.0) of every trajectory's initial state. A
+    measured state's guess is its first value (or the interpolation of its measured values),
+    unbounded; an unmeasured one's is its `[initial]` declaration, else the mean absolute
+    measured value of the data (a guess of scale only)."""
+    ys0 = np.stack([tr.y[0] for tr in data.trajectories])
+    vals, mask = data.padded_channels()
+    typical = float(np.mean(np.abs(vals[mask > 0]))) if (mask > 0).any() else 1.0
+    inf = np.full_like(ys0, np.inf)
+    out = np.stack([ys0, -inf, inf, np.zeros_like(ys0)], axis=-1)
+    unmeasured = data.unmeasured()
+    for j, state in enumerate(data.states):
+        declared = model.initial_guess(state)
+        guess = declared if declared is not None else (typical or 1.0, -np.inf, np.inf, False)
+        out[unmeasured[:, j], j] = np.asarray(guess, dtype=float)
+    return out
 
 
 def _collocation_start(model: MechanisticModel, data: TrajectorySet, transform, z0):
@@ -205,19 +274,33 @@ def fit_mechanistic(
     Residuals are scaled per state by the mean absolute value of that state. A start whose
     model cannot be integrated over the data's span is steered: it is fitted on the first part
     of every trajectory, and the window grows as long as the fitted model stays finite.
+
+    Partial observation (docs/partial-observation.md): only measured values enter the
+    residuals (the states where measured, then the observation equations' values); the
+    initial value of a state a trajectory never measures is always fitted, from its
+    `[initial]` guess and within its bounds.
     """
     ts, ys, mask = (jnp.asarray(a) for a in data.padded())
+    values, cmask = (jnp.asarray(a) for a in data.padded_channels())
+    cscale = jnp.asarray(data.channel_scale())
     scale = jnp.asarray(data.state_scale())
     free_idx = np.asarray(model.free_index, dtype=int)
     guesses = np.asarray(model.guesses, dtype=float)[free_idx]
     transform = ParameterTransform.for_model(model)
     n_traj, n_state = ys.shape[0], ys.shape[2]
     span = ts[:, -1:] - ts[:, :1]
+    init = initial_guesses(model, data)
+    unmeasured = np.asarray(data.unmeasured()) & (init[..., 3] == 0)  # fitted, not known
+    u_transform = ParameterTransform.make(*(init[unmeasured][:, k] for k in range(3)))
+    base = jnp.asarray(np.where(unmeasured, 0.0, init[..., 0]))
+    measured = jnp.asarray(~data.unmeasured(), dtype=float)
+    u_rows, u_cols = (jnp.asarray(a) for a in np.nonzero(unmeasured))
 
     def unpack(theta):
-        z, dy0 = theta
+        z, dy0, u = theta
         params = _full_params(model, transform.to_p(z))
-        y0s = ys[:, 0, :] + (dy0 * scale if fit_initial_state else 0.0)
+        y0s = base + (measured * dy0 * scale if fit_initial_state else 0.0)
+        y0s = y0s.at[u_rows, u_cols].set(u_transform.to_p(u))
         return params, y0s
 
     def windowed(theta, window):
@@ -239,7 +322,8 @@ def fit_mechanistic(
 
     def residuals(theta, window):
         pred, _, inside = windowed(theta, window)
-        r = jnp.where(inside[..., None], (pred - ys) / scale, 0.0)
+        params, _ = unpack(theta)
+        r = channel_residuals(model, params, ts, pred, values, cmask * inside[..., None], cscale)
         return jnp.where(jnp.isfinite(r), r, _FAILED)
 
     solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-10)
@@ -258,9 +342,9 @@ def fit_mechanistic(
     def integrable(theta, window):
         return windowed(theta, window)[1]
 
-    if not len(free_idx):  # nothing to fit: the declared model from the observed first states
+    if not len(free_idx) and not unmeasured.any():  # nothing to fit: the declared model
         params = _full_params(model, jnp.zeros(0))
-        pred, ok = simulate(model, params, ys[:, 0, :], ts, rtol=rtol, atol=atol)
+        pred, ok = simulate(model, params, base, ts, rtol=rtol, atol=atol)
         ok = np.asarray(ok)
         if not ok.all():
             raise NumericalError(
@@ -270,33 +354,41 @@ def fit_mechanistic(
                 trajectory=data.names[int(np.argmin(ok))],
                 hint="a shorter time window of the data, or a model that stays finite there",
             )
-        err = np.asarray(mask[..., None] * (pred - ys))
+        r = channel_residuals(model, params, ts, pred, values, cmask, cscale)
         return MechanisticFit(
             model=model,
             params=np.asarray(params),
-            y0=np.asarray(ys[:, 0, :]),
-            cost=float(0.5 * np.sum((err / np.asarray(scale)) ** 2)),
-            rmse=np.sqrt((err**2).sum(axis=(0, 1)) / np.asarray(mask).sum()),
+            y0=np.asarray(base),
+            cost=float(0.5 * np.sum(np.asarray(r) ** 2)),
+            rmse=_state_rmse(pred, data),
             n_starts=0,
             success=True,
             message="no free parameters",
         )
     z0 = transform.to_z(jnp.asarray(guesses))
-    starts = [z0]
+    u0 = u_transform.to_z(jnp.asarray(init[unmeasured][:, 0]))
+    starts = [(z0, u0)]
     unbounded = (transform.kind == _FREE) & (guesses != 0)
     if unbounded.any():  # a guess of the wrong sign
-        starts.append(jnp.where(unbounded, -z0, z0))
+        starts.append((jnp.where(unbounded, -z0, z0), u0))
     keys = jax.random.split(key, max(n_starts - 1, 1))
     for k in keys[: n_starts - 1]:
-        starts.append(z0 + spread * jax.random.normal(k, z0.shape))
-    collocated = _collocation_start(model, data, transform, z0)
-    if collocated is not None:  # from the data's derivatives: often closest of all
-        starts.insert(0, collocated)
+        ku = jax.random.fold_in(k, 1)
+        starts.append(
+            (
+                z0 + spread * jax.random.normal(k, z0.shape),
+                u0 + spread * jax.random.normal(ku, u0.shape),
+            )
+        )
+    # From the data's derivatives (often closest of all); it needs every state measured.
+    collocated = None if unmeasured.any() else _collocation_start(model, data, transform, z0)
+    if collocated is not None:
+        starts.insert(0, (collocated, u0))
     dy0 = jnp.zeros((n_traj, n_state))
     full = jnp.asarray(1.0)
     best, failed = None, None  # (theta, cost, converged), the best non-integrable one
-    for z in starts:
-        theta, cost, converged, ok = run((z, dy0), full)
+    for z, u in starts:
+        theta, cost, converged, ok = run((z, dy0, u), full)
         cost = float(cost)
         if not math.isfinite(cost):
             continue
@@ -306,8 +398,8 @@ def fit_mechanistic(
             best = (theta, cost, bool(converged))
     message = ""
     if best is None:  # steer: fit growing windows of the data from the most promising starts
-        for z in starts[:2]:
-            best = _grow_window(run, integrable, (z, dy0))
+        for z, u in starts[:2]:
+            best = _grow_window(run, integrable, (z, dy0, u))
             if best is not None:
                 message = " (steered: fitted on growing windows of the data)"
                 break
@@ -331,8 +423,7 @@ def fit_mechanistic(
             trajectory=data.names[int(np.argmin(ok))],
             hint=_HINT,
         )
-    err = np.asarray(mask[..., None] * (pred - ys))
-    rmse = np.sqrt((err**2).sum(axis=(0, 1)) / np.asarray(mask).sum())
+    rmse = _state_rmse(pred, data)
     return MechanisticFit(
         model=model,
         params=np.asarray(params),
@@ -343,6 +434,17 @@ def fit_mechanistic(
         success=converged,
         message=("converged" if converged else "stopped at the iteration limit") + message,
     )
+
+
+def _state_rmse(pred, data: TrajectorySet) -> np.ndarray:
+    """(D,) root-mean-square error of predicted states over the measured values (NaN for a
+    state never measured)."""
+    values, cmask = data.padded_channels()
+    d = len(data.states)
+    seen = cmask[..., :d]
+    err = np.where(seen > 0, np.asarray(pred) - values[..., :d], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt((err**2).sum(axis=(0, 1)) / seen.sum(axis=(0, 1)))
 
 
 def _grow_window(run, integrable, theta, *, first: float = 0.1, min_step: float = 1 / 64):

@@ -21,6 +21,7 @@ import sympy as sp
 
 from ._errors import ModelFileError
 from ._expr import RESERVED, evaluate, parse_expression
+from ._precision import ensure_float64
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_MODEL_BYTES = 1_000_000
@@ -39,6 +40,11 @@ class MechanisticModel:
     - `equations`: one SymPy right-hand side per state, over states, parameters and `t`.
     - `residual_states`: states whose equation gets a neural residual term.
     - `time_column`, `trajectory_column`: data column names.
+    - `measured`: the states the data measure directly (a column each); None: every state.
+    - `observations`: `(name, expression)` pairs, each a data column that measures a function
+      of the states and parameters (`[observed.equations]`), e.g. `("cases", rho*sigma*E)`.
+    - `initial`: `(state, value, min, max, fixed)` of unmeasured states' initial values
+      (`[initial]`): the fits' first guess and its bounds, or a known value (`fixed`).
     """
 
     states: tuple[str, ...]
@@ -51,8 +57,12 @@ class MechanisticModel:
     trajectory_column: str = "trajectory"
     source: str = "<memory>"
     bounds: tuple[tuple[float, float], ...] = ()
+    measured: tuple[str, ...] | None = None
+    observations: tuple[tuple[str, sp.Expr], ...] = ()
+    initial: tuple[tuple[str, float, float, float, bool], ...] = ()
 
     def __post_init__(self):
+        ensure_float64()  # every ODE fit starts from a model (sciml/_precision.py)
         n = len(self.parameters)
         if not (len(self.guesses) == len(self.fixed) == n):
             raise ValueError("parameters, guesses and fixed must have the same length")
@@ -63,6 +73,52 @@ class MechanisticModel:
         for (lo, hi), g, name in zip(self.bounds, self.guesses, self.parameters):
             if not lo <= g <= hi or lo >= hi:
                 raise ValueError(f"parameter {name}: need min < max and min <= value <= max")
+        if self.measured is not None and not set(self.measured) <= set(self.states):
+            raise ValueError("measured: every entry must be a state")
+        for state, value, lo, hi, _ in self.initial:
+            if state not in self.states or not lo <= value <= hi or lo >= hi:
+                raise ValueError(f"initial {state}: a state, with min < max, value in [min, max]")
+
+    # -- what the data measure ------------------------------------------------------------
+    @property
+    def measured_states(self) -> tuple[str, ...]:
+        """The states with a data column, in the model's order."""
+        if self.measured is None:
+            return self.states
+        return tuple(s for s in self.states if s in self.measured)
+
+    @property
+    def observables(self) -> tuple[str, ...]:
+        """The names (data columns) of the observation equations."""
+        return tuple(name for name, _ in self.observations)
+
+    @property
+    def partial(self) -> bool:
+        """Whether some state is not measured directly or an observation equation is declared."""
+        return self.measured_states != self.states or bool(self.observations)
+
+    def initial_guess(self, state: str) -> tuple[float, float, float, bool] | None:
+        """`(value, min, max, fixed)` declared for `state`'s initial value in `[initial]`, or
+        None."""
+        for name, *spec in self.initial:
+            if name == state:
+                return tuple(spec)
+        return None
+
+    def observe(self, t, y, p):
+        """The observation equations' values: `y` (D,), `p` (P,) -> (K,) (K = 0: empty)."""
+        if not self.observations:
+            return jnp.zeros((0,), dtype=y.dtype)
+        values = {self.time_symbol: t}
+        values.update(zip(self.state_symbols, [y[i] for i in range(len(self.states))]))
+        values.update(zip(self.parameter_symbols, [p[i] for i in range(len(self.parameters))]))
+        out = [jnp.broadcast_to(evaluate(eq, values), jnp.shape(t)) for _, eq in self.observations]
+        return jnp.stack(out).astype(y.dtype)
+
+    def channels(self, t, y, p):
+        """What the data hold for a state `y` (D,): the states, then the observation equations'
+        values, (D + K,); which of them a data set measures is its observed mask."""
+        return jnp.concatenate([y, self.observe(t, y, p)])
 
     @property
     def parameter_bounds(self) -> tuple[tuple[float, float], ...]:
@@ -122,11 +178,22 @@ class MechanisticModel:
         parameters: Sequence[str],
         guesses: Sequence[float],
         fixed: Sequence[bool] | None = None,
+        *,
+        values: Sequence[float] | None = None,
     ) -> MechanisticModel:
         """A copy with other equations and parameters (used when discovered terms are added).
 
-        A parameter keeps its declared bounds where its name is one of this model's."""
+        A parameter keeps its declared bounds where its name is one of this model's. The
+        observation equations keep their parameters where `parameters` has them; the others
+        are inlined at `values` (this model's parameter values; default its guesses)."""
         fixed = tuple(fixed) if fixed is not None else (False,) * len(parameters)
+        values = self.guesses if values is None else tuple(float(v) for v in values)
+        inline = {
+            sym: sp.Float(float(v))
+            for sym, v in zip(self.parameter_symbols, values, strict=True)
+            if sym.name not in parameters
+        }
+        observations = tuple((n, e.xreplace(inline)) for n, e in self.observations)
         declared = dict(zip(self.parameters, self.parameter_bounds, strict=True))
         bounds = tuple(declared.get(p, (-np.inf, np.inf)) for p in parameters)
         guesses = tuple(float(np.clip(float(g), *b)) for g, b in zip(guesses, bounds, strict=True))
@@ -137,6 +204,7 @@ class MechanisticModel:
             guesses=guesses,
             fixed=fixed,
             bounds=bounds if any(np.isfinite(b).any() for b in bounds) else (),
+            observations=observations,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -151,6 +219,23 @@ class MechanisticModel:
             },
             "equations": {s: str(e) for s, e in zip(self.states, self.equations, strict=True)},
             "residual": list(self.residual_states),
+            **(
+                {
+                    "measured": list(self.measured_states),
+                    "observed": {n: str(e) for n, e in self.observations},
+                    "initial": {
+                        s: {
+                            "value": v,
+                            "min": None if np.isinf(lo) else lo,
+                            "max": None if np.isinf(hi) else hi,
+                            "fixed": fixed,
+                        }
+                        for s, v, lo, hi, fixed in self.initial
+                    },
+                }
+                if self.partial or self.initial
+                else {}
+            ),
         }
 
 
@@ -182,11 +267,12 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
     """Build and validate a model from a parsed TOML document."""
     if not isinstance(doc, Mapping):
         raise ModelFileError(f"{source}: expected a TOML document (a table), got {type(doc)}")
-    allowed_top = {"model", "residual", "data"}
+    allowed_top = {"model", "residual", "data", "observed", "initial"}
     unknown = sorted(set(doc) - allowed_top, key=str)
     if unknown:
         raise ModelFileError(
-            f"{source}: unknown section(s) {unknown}; allowed: model, residual, data"
+            f"{source}: unknown section(s) {unknown}; allowed: model, residual, data, observed,"
+            " initial"
         )
     model = doc.get("model")
     if not isinstance(model, Mapping):
@@ -297,7 +383,15 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
             f"{source}: data.time and data.trajectory name the same column {time_col!r}"
         )
 
+    measured, observations = _observed_section(
+        doc.get("observed"), states, names, table, (time_col, traj_col), source
+    )
+    initial = _initial_section(doc.get("initial"), states, measured, source)
+
     return MechanisticModel(
+        measured=measured,
+        observations=observations,
+        initial=initial,
         states=tuple(states),
         parameters=tuple(names),
         guesses=tuple(guesses),
@@ -309,6 +403,96 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
         trajectory_column=traj_col,
         source=source,
     )
+
+
+def _observed_section(raw, states, parameters, table, columns, source):
+    """`[observed]`: `states` (measured directly) and `equations` (name = expression of the
+    states and parameters). Returns `(measured, observations)`; `(None, ())` without it."""
+    if raw is None:
+        return None, ()
+    where = f"{source}: observed"
+    if not isinstance(raw, Mapping):
+        raise ModelFileError(f"{where}: must be a table with `states` and/or `equations`")
+    unknown = sorted(set(raw) - {"states", "equations"}, key=str)
+    if unknown:
+        raise ModelFileError(
+            f"{where}: unknown key(s) {unknown}; [observed] takes `states` (the states measured"
+            " directly) and `equations` (name = expression)"
+        )
+    measured = raw.get("states", [])
+    if not isinstance(measured, list):
+        raise ModelFileError(f"{where}.states: must be a list of state names")
+    for s in measured:
+        if not isinstance(s, str) or s not in states:
+            raise ModelFileError(f"{where}.states: {s!r} is not a state (states: {states})")
+    if len(set(measured)) != len(measured):
+        raise ModelFileError(f"{where}.states: has duplicates")
+    eqs = raw.get("equations", {})
+    if not isinstance(eqs, Mapping):
+        raise ModelFileError(f'{where}.equations: must be a table of name = "expression"')
+    observations = []
+    for name, text in eqs.items():
+        key = f"{where}.equations.{name}"
+        _check_name(name, key, "observation")
+        if name in states or name in parameters or name in columns:
+            raise ModelFileError(
+                f"{key}: the name is already a state, a parameter or the time or trajectory"
+                " column; an observation needs a column name of its own"
+            )
+        expr = parse_expression(text, table, where=key)
+        if not expr.free_symbols & {table[s] for s in states}:
+            raise ModelFileError(f"{key}: {text!r} does not depend on any state")
+        observations.append((name, expr))
+    if not measured and not observations:
+        raise ModelFileError(
+            f"{where}: measures nothing; list the measured states in `states` or give `equations`"
+        )
+    return tuple(s for s in states if s in measured), tuple(observations)
+
+
+def _initial_section(raw, states, measured, source):
+    """`[initial]`: per unmeasured state, a guess (number) or `{ value, min, max }` for its
+    initial value, or a known one (`{ value, fixed = true }`). Returns
+    `((state, value, min, max, fixed), ...)`."""
+    if raw is None:
+        return ()
+    where = f"{source}: initial"
+    if not isinstance(raw, Mapping):
+        raise ModelFileError(f"{where}: must be a table of state = value or {{ value, min, max }}")
+    out = []
+    for state, spec in raw.items():
+        key = f"{where}.{state}"
+        if state not in states:
+            raise ModelFileError(f"{key}: {state!r} is not a state (states: {states})")
+        if measured is None or state in measured:
+            raise ModelFileError(
+                f"{key}: {state!r} is measured (its initial value comes from the data); only"
+                " states missing from [observed] states take an [initial] value"
+            )
+        lo, hi, fixed = -np.inf, np.inf, False
+        if isinstance(spec, Mapping):
+            unknown = sorted(set(spec) - {"value", "min", "max", "fixed"}, key=str)
+            if unknown or "value" not in spec:
+                raise ModelFileError(
+                    f"{key}: takes `value` and optional `min`, `max`, `fixed` (got keys"
+                    f" {sorted(spec, key=str)})"
+                )
+            fixed = spec.get("fixed", False)
+            if not isinstance(fixed, bool):
+                raise ModelFileError(f"{key}.fixed: expected true or false")
+            value = _finite_number(spec["value"], f"{key}.value")
+            lo = _finite_number(spec["min"], f"{key}.min") if "min" in spec else lo
+            hi = _finite_number(spec["max"], f"{key}.max") if "max" in spec else hi
+            if not lo < hi:
+                raise ModelFileError(f"{key}: min ({lo:g}) must be below max ({hi:g})")
+            if not lo <= value <= hi:
+                raise ModelFileError(
+                    f"{key}.value: {value:g} is outside [min, max] = [{lo:g}, {hi:g}]"
+                )
+        else:
+            value = _finite_number(spec, key)
+        out.append((state, value, lo, hi, fixed))
+    return tuple(sorted(out, key=lambda row: states.index(row[0])))
 
 
 def load_model(path: str | os.PathLike[str]) -> MechanisticModel:
