@@ -132,8 +132,8 @@ def mechanistic_fit(inputs: dict[str, Any], config: dict[str, Any], results: str
 @task(name="ude-training", **CACHED)
 def ude_training(inputs: dict[str, Any], fit: str, config: dict[str, Any], results: str) -> str:
     """Train the universal differential equation: `ude.eqx` + `ude.json` (equinox)."""
-    from sciml._io import write_json
     from sciml.discover import ude_stage
+    from sciml.io import write_json
 
     logger = get_run_logger()
     last = [-1]
@@ -159,7 +159,7 @@ def ude_training(inputs: dict[str, Any], fit: str, config: dict[str, Any], resul
 @task(name="dense-sampling", **CACHED)
 def dense_sampling(inputs: dict[str, Any], ude: str, config: dict[str, Any], results: str) -> str:
     """States and the network's residual sampled densely along the learned field: Parquet."""
-    from sciml._ude import load_ude
+    from sciml import load_ude
     from sciml.discover import dense_stage
 
     cfg = _config(config)
@@ -207,7 +207,7 @@ def selection_and_refit(
     """Choose and refit the formulas, evaluate every model: docs/outputs.md's files, in a results
     folder (copied into the run's folder by `write_results`); with an `ensemble` summary
     (`ensemble_distillation`), each discovered term's frequency and interval too."""
-    from sciml._ude import load_ude
+    from sciml import load_ude
     from sciml.discover import evaluation_stage, selection_stage, summarise, write_outputs
 
     cfg = _config(config)
@@ -237,8 +237,8 @@ def ensemble_distillation(
     """`config["ensemble"]` UDEs trained in one compiled program and each distilled by
     `engine_names`: every discovered term's inclusion frequency and coefficient interval
     (`ensemble.json`)."""
-    from sciml._io import write_json
     from sciml.discover import ensemble_stage
+    from sciml.io import write_json
 
     cfg = dataclasses.replace(_config(config), engines=tuple(engine_names))
     model, train, _ = _inputs(inputs, cfg)
@@ -263,7 +263,7 @@ def write_results(selection: str, out: str, partial: dict[str, Any] | None = Non
     """Copy the run's results into its folder, `discovered.json` last; returns its path.
 
     `partial` (why later stages were skipped) goes into `discovered.json` as `partial`."""
-    from sciml._io import atomic_path, write_json
+    from sciml.io import atomic_path, write_json
 
     for name in OUTPUT_FILES:
         if partial is not None and name == "discovered.json":
@@ -284,8 +284,8 @@ def record_config(
     dense: str | None = None,
 ) -> str:
     """The settings and versions used, the UDE weights and dense samples, into the folder."""
-    from sciml._io import write_json
     from sciml.discover import load_inputs, versions
+    from sciml.io import write_json
 
     model, _ = load_inputs(inputs["data"], inputs["model"])
     if ude is not None:

@@ -20,6 +20,7 @@ from ._errors import (  # noqa: E402
 from ._expr import parse_expression  # noqa: E402
 from ._mechanistic import MechanisticFit, fit_mechanistic, simulate  # noqa: E402
 from ._model import MechanisticModel, load_model, model_from_dict  # noqa: E402
+from ._ude import load_ude  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "from_arrays",
     "load_model",
     "load_trajectories",
+    "load_ude",
     "model_from_dict",
     "parse_expression",
     "simulate",
