@@ -24,6 +24,7 @@ from sciml.distil import (
     formula_search,
     polynomial_search,
     prune_terms,
+    select_and_refit,
 )
 
 A, B, C, D = 1.3, 0.9, 0.8, 1.8  # x' = A x - B x y, y' = C x y - D y
@@ -271,3 +272,61 @@ def test_candidate_search_returns_candidates_and_finds_the_true_formulas():
     assert [c.kind for c in tried] == ["formula"] and tried[0].choice == {"x": 3, "y": 4}
     assert after is best
     assert fallback_search(space, best) == (best, [])  # nothing to fall back from
+
+
+# -- declared bounds in the refit -----------------------------------------------------------------
+def test_theory_coefficients_get_the_range_of_their_declared_parameters():
+    model = model_from_dict(
+        {
+            "model": {
+                "states": ["x", "y"],
+                "parameters": {
+                    "a": {"value": 1.0, "min": 0.0, "max": 2.0},
+                    "b": {"value": 1.0, "min": 0.5},
+                    "c": {"value": 0.5, "min": 0.0, "max": 1.0},
+                    "e": 1.0,
+                },
+                "equations": {"x": "a*x - 2*b*x*y + (a - c)*y + x/(1 + c*x)", "y": "e*y + a*c*x"},
+            }
+        }
+    )
+    tm = build_term_model(model, [1.0, 1.0, 0.5, 1.0], {})
+    forms = tm.forms(tm.model.guesses)
+    got = {(t.state, str(f)): b for t, f, b in zip(tm.terms, forms, tm.coefficient_bounds())}
+    inf = np.inf
+    assert got == {
+        ("x", "x"): (0.0, 2.0),
+        ("x", "x*y"): (-inf, -1.0),  # -2*b, b >= 0.5
+        ("x", "y"): (-1.0, 2.0),  # a - c
+        ("x", "x/(0.5*x + 1)"): (-inf, inf),  # a parameter inside: its number is free
+        ("y", "y"): (-inf, inf),  # e has no bounds
+        ("y", "x"): (-inf, inf),  # a*c: not linear in the parameters
+    }
+
+
+def test_refit_keeps_theory_coefficients_within_declared_bounds():
+    """The predator's death rate declared in [1.9, 3] while the data's is 1.8: the refit of
+    the theory term (into which the formula's own y term merges) stops at the bound; without
+    the bound it finds 1.8."""
+    data = lotka_volterra()
+    x, y = sp.symbols("x y", real=True)
+    formulas = {"x": -B * x * y, "y": C * x * y + 0.1 * y}
+    bounded = build_term_model(theory_model({"delta": (1.9, 3.0)}), [A, 1.9], formulas)
+    free = build_term_model(theory_model(), [A, 1.9], formulas)
+    i = next(i for i, t in enumerate(bounded.terms) if (t.state, str(t.form)) == ("y", "y"))
+    assert bounded.coefficient_bounds()[i] == (-3.0, -1.9)
+    assert bounded.coefficients(bounded.model.guesses)[i] == -1.9  # -1.8 clipped into range
+    fit = Refitter(bounded, data).fit([True] * 4)
+    assert fit.ok
+    c = bounded.coefficients(fit.params)[i]
+    assert -3.0 <= c <= -1.9 and c == pytest.approx(-1.9, abs=1e-3)
+    fit = Refitter(free, data).fit([True] * 4)
+    assert free.coefficients(fit.params)[i] == pytest.approx(-D, rel=1e-4)
+
+
+def test_selection_respects_declared_bounds():
+    data = lotka_volterra()
+    model = theory_model({"delta": (1.9, 3.0)})
+    selection = select_and_refit(model, [A, 1.9], candidates_table(model), data)
+    (death,) = [t for t in selection.fitted_terms() if (t.state, str(t.form)) == ("y", "y")]
+    assert death.kept and -3.0 <= death.coefficient <= -1.9

@@ -14,7 +14,8 @@ import numpy as np
 import optimistix as optx
 
 from .._data import TrajectorySet
-from .._mechanistic import simulate
+from .._mechanistic import ParameterTransform, simulate
+from .._model import MechanisticModel
 from .._smooth import smooth
 from ._terms import TermModel
 
@@ -92,14 +93,13 @@ class Refitter:
         self._n_free = int(free.sum()) * ys.shape[-1]
         scale = jnp.asarray(data.state_scale())
         self.n = int(np.asarray(mask).sum()) * ys.shape[-1]
-        guesses = np.asarray(model.guesses)
-        pscale = jnp.asarray(np.maximum(np.abs(guesses), 1e-2))
-        self._pscale = pscale
+        self._to_params, self._to_z = _parameter_maps(model)
         self._fit_y0 = fit_initial_state
+        to_params = self._to_params
 
         def unpack(theta, pmask):
             z, dy0 = theta
-            params = pmask * pscale * z
+            params = pmask * to_params(z)
             y0s = starts + free * dy0 * scale
             return params, y0s
 
@@ -142,7 +142,7 @@ class Refitter:
         tm = self.term_model
         pmask = jnp.asarray(tm.param_mask(term_mask))
         p0 = np.asarray(tm.model.guesses) if start is None else np.asarray(start)
-        z0 = jnp.asarray(p0) / self._pscale
+        z0 = self._to_z(jnp.asarray(p0, dtype=float))
         dy0 = jnp.zeros_like(self._starts)
         if y0 is not None and self._fit_y0:
             first = self._first
@@ -153,7 +153,9 @@ class Refitter:
         params, sse = np.asarray(params), float(sse)
         k = int(np.asarray(pmask).sum()) + self._n_free
         # Standard errors from the Jacobian at the optimum: cov = s² (JᵀJ)⁻¹ (active columns).
-        jz = np.asarray(jz) * np.asarray(self._pscale)[None, :]
+        z = theta[0]
+        dpdz = jax.jvp(self._to_params, (z,), (jnp.ones_like(z),))[1]  # the maps are elementwise
+        jz = np.asarray(jz) * np.asarray(dpdz)[None, :]
         active = np.flatnonzero(np.asarray(pmask) > 0)
         stderr = np.zeros(len(params))
         dof = max(self.n - k, 1)
@@ -164,3 +166,25 @@ class Refitter:
             stderr[active] = np.nan
         ok = math.isfinite(sse) and sse < _FAILED**2 and bool(np.all(np.isfinite(params)))
         return Refit(params, stderr, np.asarray(y0s)[self._first], sse, self.n, k, ok)
+
+
+def _parameter_maps(model: MechanisticModel):
+    """`z -> params` and its inverse for a term model's refit: each parameter scaled by its
+    guess (`p = max(|guess|, 0.01) * z`), and, where it has bounds (a theory term's
+    coefficient whose declared parameters have them), `ParameterTransform`'s map, which keeps
+    it within them for every `z`."""
+    guesses = np.asarray(model.guesses, dtype=float)
+    pscale = jnp.asarray(np.maximum(np.abs(guesses), 1e-2))
+    bounds = np.asarray(model.parameter_bounds, dtype=float).reshape(-1, 2)
+    bounded = np.flatnonzero(np.isfinite(bounds).any(axis=1))
+    if not len(bounded):
+        return (lambda z: pscale * z), (lambda p: p / pscale)
+    transform = ParameterTransform.make(guesses[bounded], bounds[bounded, 0], bounds[bounded, 1])
+
+    def to_params(z):
+        return (pscale * z).at[bounded].set(transform.to_p(z[bounded]))
+
+    def to_z(p):
+        return (p / pscale).at[bounded].set(transform.to_z(p[bounded]))
+
+    return to_params, to_z

@@ -53,6 +53,11 @@ class TermModel:
         out[self.coefficient_index()] = np.asarray(values, dtype=float)
         return out
 
+    def coefficient_bounds(self) -> tuple[tuple[float, float], ...]:
+        """Each term's coefficient's `(min, max)` in the refit (`-inf`/`inf` where free)."""
+        bounds = self.model.parameter_bounds
+        return tuple(tuple(bounds[i]) for i in self.coefficient_index())
+
     def param_mask(self, term_mask: Sequence[bool]) -> np.ndarray:
         """1 for every parameter, 0 for the coefficients of the terms switched off."""
         m = np.ones(len(self.model.parameters))
@@ -103,6 +108,36 @@ def _monomial(term: sp.Expr) -> sp.Expr:
     return rest
 
 
+def _declared_coefficients(model: MechanisticModel, eq: sp.Expr) -> dict[sp.Expr, sp.Expr]:
+    """The declared equation `eq` as form (a term with coefficient 1) -> coefficient, an
+    expression in the parameters (`a*x - 2*b*x*y + (a - c)*y`: x -> a, x*y -> -2*b,
+    y -> a - c); terms with a parameter inside (`x/(1 + b*x)`) are left out."""
+    params = set(model.parameter_symbols)
+    out: dict[sp.Expr, sp.Expr] = {}
+    for term in sp.Add.make_args(sp.expand(eq)):
+        if term == 0:
+            continue
+        factor, form = term.as_independent(*model.state_symbols, model.time_symbol, as_Add=False)
+        if not form.free_symbols & params:
+            out[form] = out.get(form, sp.Integer(0)) + factor
+    return out
+
+
+def _coefficient_range(model: MechanisticModel, c: sp.Expr) -> tuple[float, float] | None:
+    """The range of a coefficient linear in the parameters (`a`, `-2*b`, `a - c`), the sum of
+    their declared ranges; None for other coefficients and ranges unbounded on both sides."""
+    declared = dict(zip(model.parameter_symbols, model.parameter_bounds))
+    used = [p for p in model.parameter_symbols if p in c.free_symbols]
+    if not used or not c.is_polynomial(*used) or sp.Poly(c, *used).total_degree() > 1:
+        return None
+    poly = sp.Poly(c, *used)
+    lo = hi = float(poly.coeff_monomial(1))
+    for p in used:
+        ends = [float(poly.coeff_monomial(p)) * b for b in declared[p]]
+        lo, hi = lo + min(ends), hi + max(ends)
+    return (lo, hi) if np.isfinite(lo) or np.isfinite(hi) else None
+
+
 def build_term_model(
     model: MechanisticModel, mech_params: Sequence[float], formulas: dict[str, sp.Expr]
 ) -> TermModel:
@@ -111,7 +146,9 @@ def build_term_model(
     Each term's numeric coefficient becomes a parameter; constants inside a term (e.g. in
     `x/(1 + 0.5*y)`) become parameters too, so the refit moves every number. No parameter
     takes a state's or a declared parameter's name. A term is "theory" when the declared model
-    has a term of the same form.
+    has a term of the same form; its coefficient keeps the range that the declared parameters'
+    bounds give it (`a*x` with `a` in [0, 2]: the coefficient of `x` in [0, 2]; `-b*x*y`: that
+    of `x*y` in [-max b, -min b]), also where a formula's term of that form is merged into it.
     """
     subs = dict(zip(model.parameter_symbols, [sp.Float(float(v)) for v in mech_params]))
     table = model.symbol_table()
@@ -125,11 +162,13 @@ def build_term_model(
         return name
 
     ones = {p: sp.Integer(1) for p in model.parameter_symbols}
-    names, guesses, equations, terms = [], [], [], []
+    names, guesses, bounds, equations, terms = [], [], [], [], []
+    free = (-np.inf, np.inf)
     for state, eq in zip(model.states, model.equations):
+        declared = _declared_coefficients(model, eq)
         theory_forms = {
             _monomial(t) for t in sp.Add.make_args(sp.expand(eq.xreplace(ones))) if t != 0
-        }
+        } | set(declared)  # a form stays the theory's where its coefficient is 0 at ones (a - c)
         parts = [eq.xreplace(subs)]
         if state in formulas:
             parts.append(
@@ -152,13 +191,19 @@ def build_term_model(
                 rest = rest.xreplace({f: sp.Symbol(name, real=True)})
                 names.append(name)
                 guesses.append(float(f))
+                bounds.append(free)
             pname = fresh(f"c_{state}_{k}")
             names.append(pname)
             guesses.append(float(coeff))
             psym = sp.Symbol(pname, real=True)
             rhs = rhs + psym * rest
             origin = "theory" if not inner and rest in theory_forms else "discovered"
+            theory = origin == "theory" and rest in declared
+            bounds.append((theory and _coefficient_range(model, declared[rest])) or free)
             terms.append(Term(state, rest, origin, pname))
         equations.append(rhs)
     new = model.with_equations(equations, names, guesses)
+    if np.isfinite(bounds).any():
+        clipped = tuple(float(np.clip(g, *b)) for g, b in zip(guesses, bounds))
+        new = dataclasses.replace(new, guesses=clipped, bounds=tuple(bounds))
     return TermModel(new, tuple(terms))
