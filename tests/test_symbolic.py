@@ -15,6 +15,7 @@ import pysindy as ps
 import pytest
 import sympy as sp
 from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sciml import InputError
 from sciml._expr import parse_expression
@@ -218,7 +219,7 @@ def operon_lv(lv_data):
 def test_engine_tables_honour_the_contract(fitted, request, lv_data):
     engine = request.getfixturevalue(fitted)
     assert_contract(engine.equations_, *lv_data)
-    assert list(engine.feature_names_in_) == NAMES and engine.n_features_in_ == 2
+    assert engine.variable_names_ == NAMES and engine.n_features_in_ == 2
 
 
 @pytest.mark.parametrize("fitted", ["sindy_lv", "operon_lv"])
@@ -302,14 +303,57 @@ def test_estimator_contract_and_validation(lv_data):
     assert engine.set_params(generations=5).generations == 5
     bad_X = X.copy()
     bad_X[3, 1] = np.nan
-    with pytest.raises(InputError, match="non-finite"):
+    with pytest.raises(InputError, match="NaN"):
         SINDyEngine().fit(bad_X, y, feature_names=NAMES)
     with pytest.raises(InputError, match="feature names"):
         SINDyEngine().fit(X, y, feature_names=["x"])
     with pytest.raises(InputError, match="'sin'"):
         SINDyEngine().fit(X, y, feature_names=["sin", "y"])
-    with pytest.raises(InputError, match="shape"):
+    with pytest.raises(InputError, match="inconsistent numbers of samples"):
         SINDyEngine().fit(X, y[:-1], feature_names=NAMES)
+
+
+# ------------------------------------------------------------------- scikit-learn's contract
+# Small settings: the checks test the contract (validation, cloning, pickling, invariances),
+# not the search; each fits a few dozen times on sklearn's own small data sets.
+CHECKED = [
+    SINDyEngine(degree=1, n_bootstrap=2, thresholds=(0.01, 0.1), greedy_terms=2),
+    OperonEngine(population_size=50, generations=5, max_evaluations=2000),
+    PySREngine(niterations=2),
+]
+
+
+@parametrize_with_checks(CHECKED)
+def test_sklearn_estimator_checks(estimator, check):
+    """sklearn's estimator checks, all of them; an engine that cannot run here (PySR without
+    Julia) passes the ones that fail before running it (bad input refused) and skips the rest."""
+    try:
+        check(estimator)
+    except (EngineUnavailable, AssertionError) as err:
+        cause = err if isinstance(err, EngineUnavailable) else err.__cause__
+        if not isinstance(cause, EngineUnavailable):  # a check that wraps the fit's error
+            raise
+        pytest.skip(f"{type(estimator).__name__} cannot fit here: {str(cause)[:80]}")
+
+
+def test_plain_fit_names_features_x0_x1_and_cross_validates(lv_data):
+    X, y = lv_data
+    engine = SINDyEngine(degree=2, n_bootstrap=0).fit(X, y)  # no feature names
+    assert engine.variable_names_ == ["x0", "x1"] and not hasattr(engine, "feature_names_in_")
+    coefficient, rest = engine.equations_.loc[engine.best_index(), "sympy_format"].as_coeff_Mul()
+    assert str(rest) == "x0*x1" and abs(coefficient + 0.9) < 0.01
+    assert engine.score(X, y) > 0.999
+    named = SINDyEngine(degree=2, n_bootstrap=0).fit(pd.DataFrame(X, columns=["S", "I"]), y)
+    assert named.variable_names_ == ["S", "I"] and list(named.feature_names_in_) == ["S", "I"]
+    assert any(str(e.as_coeff_Mul()[1]) == "I*S" for e in named.equations_["sympy_format"])
+    from sklearn.model_selection import cross_val_score
+
+    fresh = clone(engine)
+    assert not hasattr(fresh, "equations_") and fresh.get_params() == engine.get_params()
+    scores = cross_val_score(fresh, X, y, cv=3)
+    assert scores.shape == (3,) and np.all(scores > 0.999)
+    with pytest.raises(InputError, match="2 features"):
+        engine.predict(X[:, :1])
 
 
 # ----------------------------------------------------------------------------------- PySR

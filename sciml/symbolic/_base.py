@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import keyword
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._errors import InputError
 from ._parse import FUNCTIONS
@@ -23,10 +25,22 @@ class EngineUnavailable(RuntimeError):
     """
 
 
+def default_feature_names(n: int) -> list[str]:
+    """`x0, x1, ...`: the names formulas use when the features have none (as PySR's)."""
+    return [f"x{i}" for i in range(n)]
+
+
 def validate_regression_data(
-    X: Any, y: Any, feature_names: Sequence[str]
+    X: Any, y: Any, feature_names: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Check and convert (X, y, feature_names); raise `InputError` naming what is wrong."""
+    """Check and convert (X, y, feature_names); raise `InputError` naming what is wrong.
+
+    Without `feature_names` the features are named by a DataFrame's columns, else `x0, x1, ...`.
+    """
+    if feature_names is None:
+        columns = getattr(X, "columns", None)
+        if columns is not None and all(isinstance(c, str) for c in columns):
+            feature_names = list(columns)
     # Writable C-ordered copies: compiled engines (pyoperon) refuse read-only arrays (e.g.
     # from Parquet) and strided views such as M[:, j].
     X = np.array(X, dtype=float, order="C", copy=True)
@@ -42,7 +56,9 @@ def validate_regression_data(
     for what, array in (("X", X), ("y", y)):
         bad = np.argwhere(~np.isfinite(array))
         if len(bad):
-            raise InputError(f"{what} has a non-finite value at index {tuple(bad[0])}")
+            raise InputError(f"{what} has a non-finite value (NaN or inf) at index {tuple(bad[0])}")
+    if feature_names is None:
+        feature_names = default_feature_names(X.shape[1])
     names = [str(name) for name in feature_names]
     if len(names) != X.shape[1]:
         raise InputError(f"got {len(names)} feature names for {X.shape[1]} columns of X")
@@ -58,14 +74,28 @@ def validate_regression_data(
     return X, y, names
 
 
-class SymbolicEngine(BaseEstimator, abc.ABC):
-    """A symbolic-regression engine: `fit(X, y, *, feature_names)` -> `equations_`.
+@contextlib.contextmanager
+def _as_input_error() -> Iterator[None]:
+    """sklearn's `ValueError`s about the data as `InputError` (bad input), message kept."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
-    `__init__` only stores settings; `fit` validates, runs the engine and returns self. After
+
+class SymbolicEngine(RegressorMixin, BaseEstimator, abc.ABC):
+    """A symbolic-regression engine: `fit(X, y)` -> `equations_`, a scikit-learn regressor.
+
+    `__init__` only stores settings; `fit` validates, runs the engine and returns self, so
+    `clone`, pipelines and `cross_val_score` work (`score` is R²). Features are named by
+    `feature_names=` when given, else by a DataFrame's columns, else `x0, x1, ...`. After
     fitting:
 
     - `equations_`: the engine's Pareto front as a candidate table (see `sciml.symbolic`);
-    - `feature_names_in_`, `n_features_in_`: what it was fitted on.
+    - `variable_names_`: the names the formulas use; `n_features_in_`; `feature_names_in_`
+      when X was a DataFrame (sklearn's convention).
 
     `available()` says, without side effects, whether the engine can run here and why not.
     """
@@ -81,28 +111,33 @@ class SymbolicEngine(BaseEstimator, abc.ABC):
     def _fit(self, X: np.ndarray, y: np.ndarray, feature_names: list[str]) -> pd.DataFrame:
         """Run the engine on validated data and return its Pareto table."""
 
-    def fit(self, X: Any, y: Any, *, feature_names: Sequence[str]) -> Self:
-        """Fit on states `X` (n, d) and residual values `y` (n,); columns named `feature_names`."""
+    def fit(self, X: Any, y: Any, *, feature_names: Sequence[str] | None = None) -> Self:
+        """Fit on states `X` (n, d) and residual values `y` (n,); see the class for the names."""
+        # sklearn's checks first (sparse, complex, empty, 1-D, NaN: its usual errors), then
+        # the formula's own (names a formula can use).
+        columns = getattr(X, "columns", None)  # validate_data keeps them in feature_names_in_
+        with _as_input_error():
+            X, y = validate_data(self, X, y, y_numeric=True, ensure_min_samples=2, dtype=np.float64)
+        if feature_names is None and hasattr(self, "feature_names_in_"):
+            feature_names = list(columns)
         X, y, names = validate_regression_data(X, y, feature_names)
         ok, reason = type(self).available()
         if not ok:
             raise EngineUnavailable(reason)
         self.equations_ = self._fit(X, y, names)
-        self.feature_names_in_ = np.asarray(names, dtype=object)
-        self.n_features_in_ = X.shape[1]
+        self.variable_names_ = list(names)
         return self
 
     def best_index(self, rule: str = "best") -> int:
         """Row of `equations_` chosen by PySR's model-selection `rule` (see `select_model`)."""
+        check_is_fitted(self, "equations_")
         return int(select_model(self.equations_, rule))
 
     def predict(self, X: Any, index: int | None = None) -> np.ndarray:
         """Evaluate the candidate in row `index` of `equations_` (default: PySR's "best")."""
-        if not hasattr(self, "equations_"):
-            raise AttributeError(f"{type(self).__name__} is not fitted yet: call fit first")
+        check_is_fitted(self, "equations_")
         row = self.best_index() if index is None else index
         expr = self.equations_.loc[row, "sympy_format"]
-        X = np.asarray(X, dtype=float)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise InputError(f"X must have shape (n, {self.n_features_in_}); got {X.shape}")
-        return evaluate(expr, X, feature_symbols(list(self.feature_names_in_)))
+        with _as_input_error():
+            X = validate_data(self, X, reset=False, dtype=np.float64)
+        return evaluate(expr, X, feature_symbols(self.variable_names_))

@@ -48,8 +48,9 @@ class OperonEngine(SymbolicEngine):
     times the spread of y (such as the intercept that linear scaling adds) are dropped.
     `options` are passed on to `SymbolicRegressor` and override the settings here.
 
-    Fitted attributes: `equations_` (extra column `operon_length`: pyoperon's own tree length),
-    `regressor_` (the fitted `SymbolicRegressor`).
+    Fitted attributes: `equations_` (extra column `operon_length`: pyoperon's own tree length).
+    The fitted `SymbolicRegressor` is not kept: its C++ trees do not pickle, and a fitted
+    engine must (sklearn's contract; cached and parallel runs pickle results).
     """
 
     name = "operon"
@@ -105,7 +106,6 @@ class OperonEngine(SymbolicEngine):
         settings.update(self.options or {})
         regressor = SymbolicRegressor(**settings)
         regressor.fit(X, y)
-        self.regressor_ = regressor
         front = sorted(regressor.pareto_front_, key=lambda entry: entry["length"])
         candidates = operon_front_expressions(front, regressor, feature_names)
         return candidates_table(

@@ -33,7 +33,10 @@ def make_engines(names: Sequence[str], *, seed: int) -> list[SymbolicEngine]:
 
 
 def run_engines(
-    engines: Sequence[SymbolicEngine], X: Any, y: Any, feature_names: Sequence[str]
+    engines: Sequence[SymbolicEngine],
+    X: Any,
+    y: Any,
+    feature_names: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Fit each engine on (X, y) and concatenate their Pareto tables with an `engine` column.
 
