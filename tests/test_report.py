@@ -224,6 +224,67 @@ def test_training_curves_are_shown_when_the_run_has_them(run_dir):
     assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 1 + 2 + 2 + 1
 
 
+def test_training_figure_shows_every_phase_with_its_chunks():
+    from sciml.report._figures import phase_chunks, training_figure
+
+    history = {
+        "collocation": [1.0] * 120,  # 3 chunks of 50 (the last 20 steps)
+        "adam": [0.5] * 200,  # 4 chunks
+        "lbfgs": [0.1, None, 0.09],  # None: infinity, as history.json writes it; 1 chunk
+        "validation": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
+        "best": [0.09],
+    }
+    assert phase_chunks(history, 50) == [("collocation", 120, 3), ("adam", 200, 4), ("lbfgs", 3, 1)]
+    fig = training_figure(history, chunk=50)
+    loss, held = fig.axes[:2]
+    assert [
+        line.get_label() for line in loss.get_lines() if not line.get_label().startswith("_")
+    ] == [
+        "collocation (no ODE solves): 120 steps",
+        "Adam through the ODE (growing windows): 200 steps",
+        "L-BFGS polish: 3 steps",
+    ]
+    assert [len(line.get_xdata()) for line in held.get_lines()] == [3, 4, 1]
+    # without the chunk size (an older run): chunks shared out in proportion, all shown
+    assert sum(c for *_, c in phase_chunks(history, None)) == 8
+    # a phase that did not run is not drawn; one that ran alone still is
+    only = {"collocation": [1.0, 0.5], "adam": [], "lbfgs": [], "validation": [0.5]}
+    assert phase_chunks(only, 50) == [("collocation", 2, 1)]
+    assert training_figure(only, 50) is not None
+
+
+def test_warning_count_counts_warnings_only(run_dir):
+    """Notes are listed apart; the count above the warnings is theirs alone."""
+
+    def one_warning_two_notes(d):
+        d["engines"]["unavailable"] = {"pysr": "No Julia was found"}  # a warning
+        d["metrics"]["extrapolation_bounded"]["ude"] = False  # a note
+        d["metrics"]["final_vs_ude_extrapolation"]["x"] = 0.9  # a note
+
+    _edit(run_dir, one_warning_two_notes)
+    levels = [f.level for f in findings(load_run(run_dir))]
+    assert levels.count("warning") == 1 and levels.count("note") == 2
+    text = render_report(run_dir).read_text()
+    warnings = text[text.index('id="warnings"') : text.index('id="notes"')]
+    notes = text[text.index('id="notes"') : text.index('id="equations"')]
+    assert "<b>1 warning</b>" in warnings and warnings.count("<li") == 1
+    assert "<b>2 notes</b>" in notes and notes.count("<li") == 2
+    assert "Engine pysr unavailable" in warnings and "disagree past the data" in notes
+
+
+def test_latex_of_the_final_equations_is_shown(run_dir):
+    text = render_report(run_dir).read_text()  # an older run: no latex in discovered.json
+    block = text[text.index('id="latex"') :]
+    assert "\\frac{d x}{d t} = - 0.9 x y + 1.3 x" in block
+
+    def sympy_names(d):
+        d["latex"] = {"x": "\\frac{d S}{d t} = - \\beta I S", "y": None}
+
+    _edit(run_dir, sympy_names)
+    block = render_report(run_dir).read_text().split('id="latex"')[1]
+    assert "\\beta I S" in block and "None" not in block.split("</details>")[0]
+
+
 def test_poor_fit_and_other_problems_are_warned_about(run_dir):
     assert _titles(run_dir) == []
 

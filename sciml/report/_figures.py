@@ -268,30 +268,63 @@ PHASE_STYLE = {
 }
 
 
-def training_figure(history: dict | None) -> Figure | None:
-    """UDE training: the loss of every step, phase after phase (left), and the loss on the
-    held-back points after every chunk, which decides when a phase stops (right)."""
+def _values(history: dict, key: str) -> np.ndarray:
+    """A history series as floats (None, written for infinity, and non-positive values: NaN)."""
+    values = np.asarray([np.nan if v is None else v for v in history.get(key) or []], float)
+    return np.where(np.isfinite(values) & (values > 0), values, np.nan)
+
+
+def phase_chunks(history: dict, chunk: int | None) -> list[tuple[str, int, int]]:
+    """(phase, steps, chunks) of every phase that ran, in training order.
+
+    The held-back loss has one value per chunk (`history["validation"]`); a phase of n steps ran
+    ceil(n / chunk) chunks. With the chunk size unknown (an old run's config), the chunks are
+    shared out in proportion to the steps.
+    """
+    ran = [(p, len(history.get(p) or [])) for p in PHASE_STYLE if history.get(p)]
+    n_val = len(history.get("validation") or [])
+    if chunk and chunk > 0:
+        counts = [-(-n // chunk) for _, n in ran]
+    else:
+        total = sum(n for _, n in ran) or 1
+        counts = [round(n_val * n / total) for _, n in ran]
+    if counts and sum(counts) != n_val:  # a resumed or unusual run: the last phase takes the rest
+        counts[-1] = max(0, n_val - sum(counts[:-1]))
+    return [(p, n, c) for (p, n), c in zip(ran, counts)]
+
+
+def training_figure(history: dict | None, chunk: int | None = None) -> Figure | None:
+    """UDE training: the loss of every step, phase after phase, each phase in its own colour
+    with its step count (left), and the loss on the held-back points after every chunk, which
+    decides when a phase stops, coloured by phase (right). `chunk`: optimiser steps per chunk
+    (the run's `ude.chunk`)."""
     if not history or not any(history.get(p) for p in PHASE_STYLE):
         return None
     fig = Figure(figsize=(10, 3.4))
     ax, ax_v = fig.subplots(1, 2)
-    start = 0
-    for phase, (color, label) in PHASE_STYLE.items():
-        values = np.asarray([np.nan if v is None else v for v in history.get(phase, [])], float)
-        if len(values):
-            steps = start + np.arange(len(values))
-            ax.plot(steps, np.where(values > 0, values, np.nan), color=color, lw=1, label=label)
-            start += len(values)
+    start = start_v = 0
+    for phase, n, n_chunks in phase_chunks(history, chunk):
+        color, label = PHASE_STYLE[phase]
+        values = _values(history, phase)
+        steps = start + np.arange(len(values))
+        ax.plot(steps, values, color=color, lw=1, label=f"{label}: {n} steps")
+        if start:
+            ax.axvline(start, color=color, lw=0.6, ls=":")
+        start += len(values)
+        val = _values(history, "validation")[start_v : start_v + n_chunks]
+        if len(val):
+            x = start_v + 1 + np.arange(len(val))
+            ax_v.plot(x, val, "o-", ms=3, color=color, label=f"{phase}: {len(val)} chunks")
+        start_v += n_chunks
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     ax.set_title("training loss (each phase stops when held-back points stop improving)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
-    val = np.asarray([np.nan if v is None else v for v in history.get("validation", [])], float)
-    if len(val):
-        ax_v.plot(np.arange(1, len(val) + 1), np.where(val > 0, val, np.nan), "o-", ms=3)
+    if start_v:
         ax_v.set_yscale("log")
+        ax_v.legend(fontsize=8)
     ax_v.set_xlabel("chunk")
     ax_v.set_ylabel("held-back loss")
     ax_v.set_title("monitored loss per chunk", fontsize=9)

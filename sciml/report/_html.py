@@ -16,6 +16,7 @@ import sympy as sp
 
 from .._errors import InputError
 from .._io import write_text
+from .._latex import equations_latex
 from . import _figures
 from ._math import mathml, parse, residual_formula
 from ._run import Run, load_run
@@ -39,6 +40,7 @@ table { border-collapse: collapse; margin: 0.6em 0; } th, td { border: 1px solid
 th { background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .box { border: 2px solid #c62828; background: #fdecea; padding: 0.6em 1em; border-radius: 6px; }
 .box.ok { border-color: #2e7d32; background: #edf7ed; }
+.box.notes { border-color: #9e9e9e; background: #f7f7f7; margin-top: 0.5em; }
 .box li { margin: 0.25em 0; } .warning b { color: #b71c1c; } .note b { color: #555; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 math { font-size: 1.1em; } code { font-size: 0.9em; background: #f5f5f5; padding: 0 0.2em; }
@@ -94,22 +96,43 @@ def _page(title: str, body: str) -> str:
 
 
 def _finished(run: Run) -> str:
+    if run.finished:
+        return run.finished
     stamp = (run.path / "discovered.json").stat().st_mtime
     return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
 
 
 # -- sections -----------------------------------------------------------------------------------
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _findings_box(items: list[Finding]) -> str:
-    if not items:
-        return (
-            '<div class="box ok"><b>No warnings.</b> Fit, extrapolation, uncertainty and '
-            "data size pass the report's checks.</div>"
+    """Warnings (counted: only they), then notes in a box of their own."""
+    warnings = [f for f in items if f.level == "warning"]
+    notes = [f for f in items if f.level != "warning"]
+
+    def listed(found: list[Finding]) -> str:
+        return "".join(
+            f'<li class="{f.level}"><b>{_e(f.title)}</b>: {_e(f.detail)}</li>' for f in found
         )
-    n = sum(f.level == "warning" for f in items)
-    lis = "".join(f'<li class="{f.level}"><b>{_e(f.title)}</b>: {_e(f.detail)}</li>' for f in items)
-    return (
-        f'<div class="box" id="warnings"><b>{n} warning(s)</b> for the reviewer<ul>{lis}</ul></div>'
-    )
+
+    if warnings:
+        box = (
+            f'<div class="box" id="warnings"><b>{_count(len(warnings), "warning")}</b> for the '
+            f"reviewer<ul>{listed(warnings)}</ul></div>"
+        )
+    else:
+        box = (
+            '<div class="box ok" id="warnings"><b>No warnings.</b> Fit, extrapolation, '
+            "uncertainty and data size pass the report's checks.</div>"
+        )
+    if notes:
+        box += (
+            f'<div class="box notes" id="notes"><b>{_count(len(notes), "note")}</b>'
+            f"<ul>{listed(notes)}</ul></div>"
+        )
+    return box
 
 
 def _run_section(run: Run) -> str:
@@ -183,9 +206,27 @@ def _equations_section(run: Run) -> str:
         "model: the mechanistic part plus the discovered residual, every constant refit to the "
         "data and needless terms pruned.</p>"
         + _table(["state", "your model", "mechanistic fit", "final model"], rows)
+        + _latex_block(run)
         + (_table(["parameter", "mechanistic fit", ""], prow, num=[1]) if prow else "")
         + _metrics_table(run)
         + _coefficients_table(run)
+    )
+
+
+def _latex_block(run: Run) -> str:
+    """The final equations in LaTeX (`discovered.json`'s `latex`; computed for older runs), as
+    text to copy: the page typesets with MathML and loads nothing."""
+    d = run.discovered
+    latex = d.get("latex")
+    if not isinstance(latex, dict):
+        latex = equations_latex(d.get("equations") or {}, run.states)
+    rows = [(_e(s), f"<code>{_e(v)}</code>") for s, v in latex.items() if isinstance(v, str)]
+    if not rows:
+        return ""
+    return (
+        '<details id="latex"><summary>The final model in LaTeX</summary>'
+        + _table(["state", "LaTeX"], rows)
+        + "</details>"
     )
 
 
@@ -360,7 +401,8 @@ def _fit_section(run: Run) -> str:
 
 
 def _training_section(run: Run) -> str:
-    fig = _figures.training_figure(run.history)
+    chunk = ((run.config.get("config") or {}).get("ude") or {}).get("chunk")
+    fig = _figures.training_figure(run.history, chunk if isinstance(chunk, int) else None)
     if fig is None:
         return '<h2 id="training">Training</h2><p>No UDE training history in this run.</p>'
     return (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,19 +10,9 @@ import sympy as sp
 
 from .._errors import ModelFileError
 from .._expr import parse_expression
+from .._latex import model_spelling, symbol_table
 
-# SymPy's printer writes some whitelisted functions with capitals; the safe parser wants them
-# as a model file spells them.
-_SPELLING = {"Abs": "abs", "Min": "min", "Max": "max"}
-_SPELLING_RE = re.compile(r"\b(" + "|".join(_SPELLING) + r")\(")
 _MATHML_NS = "http://www.w3.org/1998/Math/MathML"
-
-
-def symbol_table(names: Sequence[str]) -> dict[str, sp.Symbol]:
-    """Real symbols for `names` plus time, as the model parser makes them."""
-    table = {n: sp.Symbol(n, real=True) for n in names if n != "t"}
-    table["t"] = sp.Symbol("t", real=True)
-    return table
 
 
 def parse(text: str, names: Sequence[str], *, where: str) -> sp.Expr | None:
@@ -34,7 +23,7 @@ def parse(text: str, names: Sequence[str], *, where: str) -> sp.Expr | None:
     """
     if not isinstance(text, str):
         return None
-    source = _SPELLING_RE.sub(lambda m: _SPELLING[m.group(1)] + "(", text)
+    source = model_spelling(text)
     try:
         return parse_expression(source, symbol_table(names), where=where)
     except ModelFileError:

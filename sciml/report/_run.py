@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -39,6 +40,7 @@ class Run:
     data: TrajectorySet | None
     notes: tuple[str, ...]  # what could not be read, said plainly
     history: dict[str, Any] | None = None  # UDE training: loss per step and phase
+    finished: str = ""  # when discovered.json was written (YYYY-MM-DD HH:MM)
 
     @property
     def states(self) -> list[str]:
@@ -142,8 +144,12 @@ def _load_data(config: dict[str, Any], states: list[str], notes: list[str]):
         return None
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> Run:
-    """Read a run folder. Raises `InputError` when it holds no readable `discovered.json`."""
+def load_run(run_dir: str | os.PathLike[str], *, data: TrajectorySet | None = None) -> Run:
+    """Read a run folder. Raises `InputError` when it holds no readable `discovered.json`.
+
+    `data`: the run's trajectory data when the caller holds it (`sciml.api`, whose data may be
+    a DataFrame); else it is read from the file `config.json` names.
+    """
     path = Path(run_dir)
     target = path / "discovered.json"
     if not target.is_file():
@@ -170,8 +176,12 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
     if discovered.get("residual"):
         found = _find(path, "history.json", "ude-training")
         history = _optional_json(found, notes) if found is not None else None
-    partial = Run(path, discovered, config, run, candidates, predictions, dense, None, (), history)
-    data = _load_data(config, partial.states, notes)
+    finished = dt.datetime.fromtimestamp(target.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    partial = Run(
+        path, discovered, config, run, candidates, predictions, dense, None, (), history, finished
+    )
+    if data is None:
+        data = _load_data(config, partial.states, notes)
     if predictions is not None:
         predictions = predictions.assign(trajectory=predictions["trajectory"].astype(str))
     if dense is not None:
