@@ -147,7 +147,7 @@ def run_classify(
     epochs: int | None = None,
     config: ClassifierConfig | None = None,
     callback: EpochCallback | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     time_limit: float | None = None,
 ) -> dict[str, Any]:
     """Train a neural-ODE image classifier and write its results into `out`.
@@ -158,18 +158,18 @@ def run_classify(
     the same form; without it a stratified share (`config.test_fraction`) is held out.
 
     Writes `metrics.json`, `model.eqx` + `model.json`, `confusion.png` and `training.png`,
-    each atomically. While training, `checkpoint.eqx` + `checkpoint.json` are rewritten after
-    every epoch; a later call with the same data, config and seed resumes from them and ends
-    with the same result as an uninterrupted run. They are removed at the end.
+    each atomically. While training, the checkpoint `checkpoint.eqx` (+ `.json` for people)
+    is rewritten after every epoch; a later call with the same data, config and seed resumes
+    from it and ends with the same result as an uninterrupted run. It is removed at the end.
 
     Training runs until a stratified validation share of the training data
     (`config.validation_fraction`) stops improving (see `fit`), for at most `config.epochs`
     epochs; the best epoch's model is kept. `config` overrides the shape-dependent defaults
     (`default_config`), `epochs` overrides `config.epochs` (the most);
     `callback(epoch, record)` is called after each epoch's checkpoint;
-    `progress` shows a progress bar (rich, on stderr); `time_limit`: no epoch starts after
-    this many seconds of training (the best epoch so far is kept). Bad input raises
-    `DataError`.
+    `progress`: a progress bar on stderr (default: when stderr is a terminal); `time_limit`:
+    no epoch starts after this many seconds of training (the best epoch so far is kept). Bad
+    input raises `DataError`.
     Returns the metrics.
     """
     out = Path(out)

@@ -260,7 +260,7 @@ def fit(
     y_test: np.ndarray | None = None,
     checkpoint: Checkpoint | None = None,
     callback: EpochCallback | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     time_limit: float | None = None,
 ) -> FitResult:
     """Train with mini-batches until the validation accuracy stops improving.

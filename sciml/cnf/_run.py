@@ -122,7 +122,7 @@ def run_cnf(
     - `callback(step, record, model)`: called every `config.checkpoint_every` steps; it may
       raise to stop (the checkpoint in `out` is resumed by the next call with the same
       arguments).
-    - `progress`: rich progress bar (default: when stderr is a terminal).
+    - `progress`: a progress bar on stderr (default: when stderr is a terminal).
     - `time_limit`: seconds of training after which the best check so far is kept.
 
     **Writes** `metrics.json`, `model.eqx` + `model.json`, `samples.csv`, `history.csv` (the
