@@ -349,6 +349,34 @@ def test_arbitrary_text_parses_or_raises_model_file_error(text, env):
     evaluate_parsed(expr, env)  # whatever parses can be evaluated (no missing translation)
 
 
+ENGINE_ALPHABET = EXPRESSION_ALPHABET + "Abqu"  # Abs, square, cube, ...
+
+
+@FUZZ
+@given(
+    text=st.one_of(
+        st.text(alphabet=ENGINE_ALPHABET, max_size=80),
+        st.builds(lambda t, f: f"{f}({render(t)})", trees, st.sampled_from(sorted(FUNCTIONS))),
+        st.builds(lambda t, junk: render(t) + junk, trees, st.text(ENGINE_ALPHABET, max_size=4)),
+    )
+)
+def test_engine_output_parses_to_the_same_walker_or_raises_its_one_error(text):
+    """Formulas printed by engines go through the same walker: the same invariants hold, and
+    anything refused is the walker's one error type with the place first."""
+    from sciml.symbolic import FormulaParseError, parse_formula
+
+    try:
+        expr = parse_formula(text, SYMBOLS)
+    except FormulaParseError as err:
+        assert isinstance(err, sciml.ModelFileError) and str(err).startswith("formula: ")
+        return
+    assert isinstance(expr, sp.Expr) and expr.free_symbols <= set(SYMBOLS.values())
+    for atom in expr.atoms():
+        if not atom.is_Symbol:
+            value = complex(atom)
+            assert value.imag == 0 and math.isfinite(value.real), atom
+
+
 def test_long_and_deep_inputs_are_refused_quickly():
     """Sizes where a naive recursive walker or SymPy would hang or hit the recursion limit."""
     cases = [
