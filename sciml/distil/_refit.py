@@ -152,16 +152,18 @@ class Refitter:
         params, y0s = self._unpack(theta, pmask)
         params, sse = np.asarray(params), float(sse)
         k = int(np.asarray(pmask).sum()) + self._n_free
-        # Standard errors from the Jacobian at the optimum: cov = s² (JᵀJ)⁻¹ (active columns).
+        # Standard errors from the Jacobian in z at the optimum, cov_z = s² (JᵀJ)⁻¹ (active
+        # columns), carried to the parameters by the delta method: se_p = |dp/dz| se_z (the
+        # maps are elementwise; a parameter pressed against a bound gets a standard error ~0).
         z = theta[0]
-        dpdz = jax.jvp(self._to_params, (z,), (jnp.ones_like(z),))[1]  # the maps are elementwise
-        jz = np.asarray(jz) * np.asarray(dpdz)[None, :]
+        dpdz = np.asarray(jax.jvp(self._to_params, (z,), (jnp.ones_like(z),))[1])
+        jz = np.asarray(jz)
         active = np.flatnonzero(np.asarray(pmask) > 0)
         stderr = np.zeros(len(params))
         dof = max(self.n - k, 1)
         try:
             cov = np.linalg.pinv(jz[:, active].T @ jz[:, active]) * (sse / dof)
-            stderr[active] = np.sqrt(np.clip(np.diag(cov), 0, None))
+            stderr[active] = np.abs(dpdz[active]) * np.sqrt(np.clip(np.diag(cov), 0, None))
         except np.linalg.LinAlgError:
             stderr[active] = np.nan
         ok = math.isfinite(sse) and sse < _FAILED**2 and bool(np.all(np.isfinite(params)))
