@@ -320,8 +320,8 @@ def _coefficients_table(run: Run) -> str:
     return (
         '<h3>Coefficients of the final model</h3><p class="muted">Standard errors from the '
         "refit through the ODE; where the selected formula came from SINDy, also its own "
-        "coefficient ± the bootstrap (ensemble) standard deviation. Inner constants "
-        "(<code>k_…</code>) were refit too; their values are in the final equations.</p>"
+        "coefficient ± the bootstrap (ensemble) standard deviation. Constants inside terms "
+        "(e.g. k in tanh(k·x)) were refit too; the terms show their refit values.</p>"
         + _table(
             [
                 "state",
@@ -387,7 +387,8 @@ def _ensemble_section(run: Run) -> str:
 
 
 def _inner(term: dict) -> list[str]:
-    """Names of refit inner constants (`k_<state>_<k>_<j>`) in a term's text."""
+    """Names of refit inner constants in a term's text, as runs written before they were
+    inlined spell them (`k_<state>_<k>_<j>`); none in newer runs."""
     return sorted(set(re.findall(r"\bk_\w+", str(term.get("term", "")))))
 
 

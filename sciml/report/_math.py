@@ -73,9 +73,9 @@ def evaluate(expr: sp.Expr, columns: dict[str, np.ndarray], n: int) -> np.ndarra
 def residual_formula(discovered: dict, state: str, states: Sequence[str]) -> sp.Expr | None:
     """The refit residual of `state` with every number inlined.
 
-    `residual.final` names the constants inside a term by their refit parameters (e.g.
-    `k_x_2_0`) when they were freed in the refit; the numbers are then recovered from the final
-    equation by removing its kept theory terms (monomials the declared model has).
+    Runs written before the constants inside terms were inlined name them in `residual.final`
+    by their refit parameters, which the report cannot evaluate; the numbers are then recovered
+    from the final equation by removing its kept theory terms (monomials the declared model has).
     """
     entry = discovered.get("residual", {}).get(state, {})
     direct = parse(entry.get("final", ""), states, where=f"residual.{state}.final")
