@@ -3,29 +3,64 @@
 Universal differential equations (mechanistic model + neural residual) in JAX, diffrax,
 equinox and optax; symbolic distillation of the residual; continuous normalising flows; and
 neural-ODE classifiers. Pure library: no Prefect here (see `pipelines/`).
+
+From a notebook (docs/api.md):
+
+    import sciml
+    found = sciml.discover(df, "model.toml", quick=True)   # or a TOML string, a dict, None
+    found.equations, found.to_latex(), found.table(), found.report("report.html")
+    sciml.cnf(table, steps=500)                             # a continuous normalising flow
+    sciml.classify("digits", epochs=5)                      # a neural-ODE classifier
+
+`sciml.discover`, `sciml.cnf` and `sciml.classify` are the subpackages of those stages, made
+callable: `sciml.discover(...)` runs `sciml.api.discover`, and `sciml.discover.run_discovery`
+and the stage functions stay where they were. Importing sciml leaves JAX's precision alone; the
+library switches to float64 where it needs it (`sciml/_precision.py`).
 """
 
-import jax
+import sys as _sys
+import types as _types
 
-jax.config.update("jax_enable_x64", True)  # ODE fitting wants float64; set once, at import
-
-from ._data import Trajectory, TrajectorySet, from_arrays, load_trajectories  # noqa: E402
-from ._errors import (  # noqa: E402
+from . import api, classify, cnf, discover
+from ._data import Trajectory, TrajectorySet, from_arrays, load_trajectories
+from ._errors import (
     DataError,
     InputError,
     ModelFileError,
     NumericalError,
     OutputDirError,
 )
-from ._expr import parse_expression  # noqa: E402
-from ._mechanistic import MechanisticFit, fit_mechanistic, simulate  # noqa: E402
-from ._model import MechanisticModel, load_model, model_from_dict  # noqa: E402
-from ._ude import load_ude  # noqa: E402
+from ._expr import parse_expression
+from ._mechanistic import MechanisticFit, fit_mechanistic, simulate
+from ._model import MechanisticModel, load_model, model_from_dict
+from ._precision import ensure_float64
+from ._ude import load_ude
+from .api import Classification, DensityFit, Discovery
 
 __version__ = "0.1.0"
 
+
+def _callable_module(module: _types.ModuleType, function) -> None:
+    """Make `module` callable as `function` (a module's class may be a ModuleType subclass)."""
+
+    class CallableModule(_types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return function(*args, **kwargs)
+
+    CallableModule.__call__.__doc__ = function.__doc__
+    CallableModule.__name__ = f"Callable{module.__name__.rsplit('.', 1)[-1].title()}Module"
+    module.__class__ = CallableModule
+
+
+_callable_module(_sys.modules[__name__ + ".discover"], api.discover)
+_callable_module(_sys.modules[__name__ + ".cnf"], api.cnf)
+_callable_module(_sys.modules[__name__ + ".classify"], api.classify)
+
 __all__ = [
+    "Classification",
     "DataError",
+    "DensityFit",
+    "Discovery",
     "InputError",
     "MechanisticFit",
     "MechanisticModel",
@@ -34,6 +69,11 @@ __all__ = [
     "OutputDirError",
     "Trajectory",
     "TrajectorySet",
+    "api",
+    "classify",
+    "cnf",
+    "discover",
+    "ensure_float64",
     "fit_mechanistic",
     "from_arrays",
     "load_model",

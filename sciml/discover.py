@@ -24,6 +24,7 @@ from ._config import Config
 from ._data import TrajectorySet, load_trajectories, state_columns
 from ._errors import InputError
 from ._io import atomic_path, write_json
+from ._latex import equations_latex
 from ._mechanistic import MechanisticFit, fit_mechanistic
 from ._model import MechanisticModel, load_model, no_theory_model
 from ._rundir import run_directory
@@ -120,15 +121,18 @@ def versions() -> dict[str, str]:
 
 # -- stages ------------------------------------------------------------------------------------
 def load_inputs(
-    data_path: str | Path, model_path: str | Path | None
+    data_path: str | Path, model_path: str | Path | MechanisticModel | None
 ) -> tuple[MechanisticModel, TrajectorySet]:
     """Stage 1: read and validate the model file and the trajectory data.
 
     Without a model file (`model_path` None) there is no theory: every column but `t` and
-    `trajectory` is a state whose whole right-hand side is learned and distilled.
+    `trajectory` is a state whose whole right-hand side is learned and distilled. A model
+    already built (`sciml.api`: from a TOML string or a dict) is used as it is.
     """
     if model_path is None:
         model = no_theory_model(state_columns(data_path))
+    elif isinstance(model_path, MechanisticModel):
+        model = model_path
     else:
         model = load_model(model_path)
     data = load_trajectories(
@@ -394,10 +398,13 @@ def summarise(
             "unavailable": unavailable,
         },
     }
+    names = [*model.states, *model.parameters]
+    result["latex"] = equations_latex(result["equations"], names)  # LaTeX per final equation
     if selection is None:
         return result
     refit = selection.refit
     result["equations"] = selection.equations()
+    result["latex"] = equations_latex(result["equations"], names)
     # Each term's form kept as a SymPy object (inner constants such as k in tanh(k*x) inlined):
     # text would have to be parsed back, and SymPy's parser takes state names such as S, I, E,
     # N, O or Q for its own objects.
@@ -542,12 +549,39 @@ def run_discovery(
     config = DiscoveryConfig.make(
         seed=seed, engines=engines, quick=quick, holdout=holdout, ensemble=ensemble
     )
-    budget = TimeBudget(max_minutes)
+    TimeBudget(max_minutes)  # a bad budget fails before the inputs are read
     model, data = load_inputs(data_path, model_path)  # bad input fails before any folder work
+    return run_loaded(
+        model,
+        data,
+        config,
+        out,
+        data_source=data_path,
+        model_source=model_path,
+        show_progress=show_progress,
+        max_minutes=max_minutes,
+    )
+
+
+def run_loaded(
+    model: MechanisticModel,
+    data: TrajectorySet,
+    config: DiscoveryConfig,
+    out: str | Path,
+    *,
+    data_source: str | Path = "<memory>",
+    model_source: str | Path | None = None,
+    show_progress: bool = False,
+    max_minutes: float | None = None,
+) -> dict[str, Any]:
+    """`run_discovery` on inputs already loaded (`sciml.api.discover`: a DataFrame, a model
+    from a TOML string or a dict): the same stages and the same files in `out`; `data_source`
+    and `model_source` are what `config.json` records as their origin."""
+    budget = TimeBudget(max_minutes)
     with run_directory(out, clear=RESULT_FILES) as out:
         handler = _attach_log(out)
         try:
-            return _run(model, data, config, out, data_path, model_path, show_progress, budget)
+            return _run(model, data, config, out, data_source, model_source, show_progress, budget)
         finally:
             log.removeHandler(handler)
             handler.close()
