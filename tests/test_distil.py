@@ -147,13 +147,22 @@ def off_by(tm, factor: float) -> np.ndarray:
     return tm.with_coefficients(tm.model.guesses, factor * tm.coefficients(tm.model.guesses))
 
 
-@pytest.mark.parametrize("horizon", [None, np.inf], ids=["multiple-shooting", "one-shooting"])
-def test_refit_recovers_exact_coefficients(horizon):
-    data = lotka_volterra()
+@pytest.fixture(scope="module")
+def true_terms():
+    """The declared model plus the true interaction terms, on exact data, and its refitter
+    (multiple shooting; compiled once for the tests that use it)."""
     model = theory_model()
     x, y = model.state_symbols
     tm = build_term_model(model, [A, D], {"x": -B * x * y, "y": C * x * y})
-    fit = Refitter(tm, data, horizon=horizon).fit([True] * 4, start=off_by(tm, 1.15))
+    return tm, Refitter(tm, lotka_volterra())
+
+
+@pytest.mark.parametrize("horizon", [None, np.inf], ids=["multiple-shooting", "one-shooting"])
+def test_refit_recovers_exact_coefficients(true_terms, horizon):
+    tm, refitter = true_terms
+    if horizon is not None:
+        refitter = Refitter(tm, refitter.data, horizon=horizon)
+    fit = refitter.fit([True] * 4, start=off_by(tm, 1.15))
     assert fit.ok
     got = by_form(tm, fit.params)
     truth = {("x", "x"): A, ("x", "x*y"): -B, ("y", "y"): -D, ("y", "x*y"): C}
@@ -304,23 +313,25 @@ def test_theory_coefficients_get_the_range_of_their_declared_parameters():
     }
 
 
-def test_refit_keeps_theory_coefficients_within_declared_bounds():
+def test_refit_keeps_theory_coefficients_within_declared_bounds(true_terms):
     """The predator's death rate declared in [1.9, 3] while the data's is 1.8: the refit of
     the theory term (into which the formula's own y term merges) stops at the bound; without
-    the bound it finds 1.8."""
-    data = lotka_volterra()
+    the bound, from the same start, it finds 1.8."""
+    free, refitter = true_terms
     x, y = sp.symbols("x y", real=True)
     formulas = {"x": -B * x * y, "y": C * x * y + 0.1 * y}
     bounded = build_term_model(theory_model({"delta": (1.9, 3.0)}), [A, 1.9], formulas)
-    free = build_term_model(theory_model(), [A, 1.9], formulas)
     i = next(i for i, t in enumerate(bounded.terms) if (t.state, str(t.form)) == ("y", "y"))
     assert bounded.coefficient_bounds()[i] == (-3.0, -1.9)
     assert bounded.coefficients(bounded.model.guesses)[i] == -1.9  # -1.8 clipped into range
-    fit = Refitter(bounded, data).fit([True] * 4)
+    assert [str(f) for f in free.forms(free.model.guesses)] == [
+        str(f) for f in bounded.forms(bounded.model.guesses)
+    ]
+    fit = Refitter(bounded, refitter.data).fit([True] * 4)
     assert fit.ok
     c = bounded.coefficients(fit.params)[i]
     assert -3.0 <= c <= -1.9 and c == pytest.approx(-1.9, abs=1e-3)
-    fit = Refitter(free, data).fit([True] * 4)
+    fit = refitter.fit([True] * 4, start=bounded.model.guesses)
     assert free.coefficients(fit.params)[i] == pytest.approx(-D, rel=1e-4)
 
 
