@@ -7,12 +7,8 @@ sweep`), from Python (`discover(DiscoverParams(...))`), or as deployments (`scim
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,6 @@ from .params import (
     SweepParams,
 )
 from .review import await_review, final_state, review_refit
-from .tasks import in_results
 
 FLOW_OPTIONS = {"log_prints": True, "result_serializer": "json"}
 
@@ -50,106 +45,54 @@ def discovery_config(params: DiscoverParams) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict()))
 
 
-@contextlib.contextmanager
-def _run_log(path: Path) -> Iterator[None]:
-    """Library and Prefect run logs, also into `OUT/run.log`."""
-    handler = logging.FileHandler(path, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    handler.setLevel(logging.INFO)
-    loggers = [logging.getLogger(n) for n in ("sciml", "prefect.flow_runs", "prefect.task_runs")]
-    for lg in loggers:
-        lg.addHandler(handler)
-    try:
-        yield
-    finally:
-        for lg in loggers:
-            lg.removeHandler(handler)
-        handler.close()
-
-
 @flow(name="discover", **FLOW_OPTIONS)
 def discover(params: DiscoverParams) -> dict[str, Any]:
     """Trajectory data and a model file in; docs/outputs.md's files in `params.out`.
 
-    Stages: ingest, mechanistic fit, UDE training, dense sampling, one symbolic regression per
-    engine, selection and refit, report; then the artifacts (equations, Pareto table, report
-    link). Without a `[residual]` section the run is a plain mechanistic fit.
+    The library's pipeline (`sciml.discover.orchestrate`, the same as `run_discovery`) with
+    each stage a cached task (`pipelines.tasks.CachedStages`): ingest, mechanistic fit, UDE
+    training, dense sampling, one symbolic regression per engine, selection and refit; then the
+    report and the artifacts (equations, Pareto table, report link). Without a `[residual]`
+    section the run is a plain mechanistic fit.
     """
     note_flow_run()  # marked Cancelled if SIGTERM stops it (pipelines._signals)
-    from sciml.discover import RESULT_FILES, TimeBudget
+    from sciml.discover import RESULT_FILES, DiscoveryConfig, TimeBudget, orchestrate, run_log
     from sciml.io import run_directory
 
     config = discovery_config(params)
     results = str(params.results_dir.resolve())
-    timings: dict[str, float] = {}
-
-    def timed(name: str, t: Any, *args: Any) -> Any:
-        start = time.perf_counter()
-        value = t(*args)
-        timings[name] = time.perf_counter() - start
-        return value
-
     budget = TimeBudget(params.max_minutes)
-    with run_directory(params.out, clear=RESULT_FILES) as out, _run_log(out / "run.log"):
+    loggers = ("prefect.flow_runs", "prefect.task_runs")
+    with run_directory(params.out, clear=RESULT_FILES) as out, run_log(out, loggers):
         inputs = tasks.ingest(str(params.data), None if params.model is None else str(params.model))
-        fit = timed(
-            "mechanistic", in_results(tasks.mechanistic_fit, results), inputs, config, results
+        model, data = tasks.loaded(inputs)
+        stages = tasks.CachedStages(inputs, config, results)
+        result = orchestrate(
+            model,
+            data,
+            DiscoveryConfig.from_dict(config),
+            out,
+            stages=stages,
+            budget=budget,
+            inputs=inputs,
         )
-        ude = dense = None
-        engines: list[dict[str, Any]] = []
-        if inputs["residual_states"] and budget.left("UDE training"):
-            ude = timed(
-                "ude", in_results(tasks.ude_training, results), inputs, fit, config, results
-            )
-        if ude is not None and budget.left("dense sampling"):
-            dense = timed(
-                "dense", in_results(tasks.dense_sampling, results), inputs, ude, config, results
-            )
-        if dense is not None:
-            symbolic = in_results(tasks.symbolic_regression, results)
-            # one after another, in this thread: PySR (Julia) must run in the main thread
-            for engine in config["engines"]:
-                if not budget.left(f"symbolic regression ({engine})"):
-                    break
-                engines.append(
-                    timed(f"engine:{engine}", symbolic, engine, inputs, dense, config, results)
-                )
-        if engines and not budget.left("selection and refit"):
-            engines = []  # the models so far are still evaluated and reported
-        tasks.record_config(inputs, config, str(out), ude, dense)
-        ensemble = None
-        if config["ensemble"] and any(e["candidates"] for e in engines) and budget.left("ensemble"):
-            ensemble = timed(
-                "ensemble",
-                in_results(tasks.ensemble_distillation, results),
-                inputs,
-                fit,
-                [e["engine"] for e in engines if e["candidates"]],
-                config,
-                results,
-            )
-        select = in_results(tasks.selection_and_refit, results)
-        selected = timed(
-            "selection", select, inputs, fit, ude, engines, config, results, timings, ensemble
-        )
-        discovered = tasks.write_results(selected, str(out), budget.partial)
+        discovered = str(out / "discovered.json")
         report = tasks.report(str(out))
         tasks.publish_artifacts(str(out), report)
     reviewed: dict[str, Any] | None = None
-    if params.review and not json.loads(Path(discovered).read_text()).get("terms"):
+    if params.review and not result.get("terms"):
         print("review: nothing was discovered, so there is nothing to review")
     elif params.review:  # the folder's lock is released while a person decides
         reviewed = await_review(str(out), params.review_timeout)
         if reviewed.get("revision"):
             tasks.publish_artifacts(str(out), report)
-    result = json.loads(Path(discovered).read_text())
     value = {
         "out": str(out),
         "discovered": discovered,
         "report": report,
         "equations": result["equations"],
         "parameters": result["parameters"],
-        "timings": timings,
+        "timings": result["timings"],
         "review": reviewed,
         "partial": result.get("partial"),
     }

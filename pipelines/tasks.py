@@ -22,7 +22,6 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from ._cache import RECORDS, stage_dir, stage_policy
-from ._files import file_digest, load_candidates, load_fit, save_candidates, save_fit
 
 
 def _retry_io(task: Any, task_run: Any, state: Any) -> bool:
@@ -73,6 +72,9 @@ def _gone(value: Any) -> bool:
 
 
 # -- helpers shared by tasks -------------------------------------------------------------------
+_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}  # inputs read in this process, by content
+
+
 def _config(config: dict[str, Any]) -> Any:
     from sciml.discover import DiscoveryConfig
 
@@ -80,12 +82,22 @@ def _config(config: dict[str, Any]) -> Any:
 
 
 def _inputs(inputs: dict[str, Any], config: Any) -> tuple[Any, Any, Any]:
-    """Model, training data and held-out data (None) of a run."""
-    from sciml.discover import load_inputs, split_data
+    """Model, training data and held-out data (None) of a run; read once per process."""
+    from sciml.discover import split_data
 
-    model, data = load_inputs(inputs["data"], inputs["model"])
+    model, data = loaded(inputs)
     train, test = split_data(data, config)
     return model, train, test
+
+
+def loaded(inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """The model and data that `ingest` read (in this process: not read again)."""
+    key = (inputs["data_sha256"], inputs["model_sha256"])
+    if key not in _LOADED:
+        from sciml.discover import load_inputs
+
+        _LOADED[key] = load_inputs(inputs["data"], inputs["model"])
+    return _LOADED[key]
 
 
 def _fresh(folder: Path) -> Path:
@@ -94,25 +106,17 @@ def _fresh(folder: Path) -> Path:
     return folder
 
 
-# -- discovery stages --------------------------------------------------------------------------
+# -- discovery stages: load, run the library's stage, save ---------------------------------------
 @task(name="ingest", **UNCACHED, **IO)
 def ingest(data: str, model: str | None) -> dict[str, Any]:
     """Read and validate the model file (None: no theory) and the data; their content hashes
-    key the cache."""
-    from sciml.discover import load_inputs
+    key the cache (`sciml.discover.describe_inputs`)."""
+    from sciml.discover import describe_inputs, load_inputs
 
     m, d = load_inputs(data, model)
-    print(f"data {data}: {len(d)} trajectories, {d.n_points} points; states {list(m.states)}")
-    return {
-        "data": str(Path(data).resolve()),
-        "model": None if model is None else str(Path(model).resolve()),
-        "data_sha256": file_digest(data),
-        "model_sha256": "no-theory" if model is None else file_digest(model),
-        "states": list(m.states),
-        "residual_states": list(m.residual_states),
-        "n_trajectories": len(d),
-        "n_points": d.n_points,
-    }
+    inputs = describe_inputs(m, d, data, model)
+    _LOADED[(inputs["data_sha256"], inputs["model_sha256"])] = (m, d)
+    return inputs
 
 
 @task(name="mechanistic-fit", **CACHED)
@@ -122,19 +126,31 @@ def mechanistic_fit(inputs: dict[str, Any], config: dict[str, Any], results: str
 
     cfg = _config(config)
     model, train, _ = _inputs(inputs, cfg)
-    fit = mechanistic_stage(model, train, cfg)
-    print(f"mechanistic fit: {fit.parameter_dict} (cost {fit.cost:.4g})")
     folder = _fresh(stage_dir(results, "mechanistic-fit"))
-    save_fit(fit, folder / "fit.json")
+    mechanistic_stage(model, train, cfg).save(folder / "fit.json")
     return str(folder / "fit.json")
 
 
 @task(name="ude-training", **CACHED)
 def ude_training(inputs: dict[str, Any], fit: str, config: dict[str, Any], results: str) -> str:
-    """Train the universal differential equation: `ude.eqx` + `ude.json` (equinox)."""
+    """Train the universal differential equation: `ude.eqx`, `ude.json`, `history.json`."""
+    from sciml import MechanisticFit
     from sciml.discover import ude_stage
-    from sciml.io import write_json
 
+    cfg = _config(config)
+    model, train, _ = _inputs(inputs, cfg)
+    target = stage_dir(results, "ude-training")
+    checkpoint = Path(results) / "checkpoints" / Path(target).name / "ude"  # survives a kill
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    fitted = MechanisticFit.load(fit, model)
+    trained = ude_stage(fitted, train, cfg, progress=_ude_progress(), checkpoint=checkpoint)
+    folder = _fresh(target)
+    trained.save(folder)
+    return str(folder)
+
+
+def _ude_progress() -> Any:
+    """UDE training progress into the task run's log, every tenth of each phase."""
     logger = get_run_logger()
     last = [-1]
 
@@ -144,16 +160,7 @@ def ude_training(inputs: dict[str, Any], fit: str, config: dict[str, Any], resul
             last[0] = tenth
             logger.info("UDE %s: step %d/%d, loss %.4g", stage, step, total, loss)
 
-    cfg = _config(config)
-    model, train, _ = _inputs(inputs, cfg)
-    target = stage_dir(results, "ude-training")
-    checkpoint = Path(results) / "checkpoints" / Path(target).name / "ude"  # survives a kill
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    trained = ude_stage(load_fit(fit, model), train, cfg, progress=progress, checkpoint=checkpoint)
-    folder = _fresh(target)
-    trained.save(folder)
-    write_json(folder / "history.json", trained.history)
-    return str(folder)
+    return progress
 
 
 @task(name="dense-sampling", **CACHED)
@@ -174,56 +181,26 @@ def dense_sampling(inputs: dict[str, Any], ude: str, config: dict[str, Any], res
 def symbolic_regression(
     engine: str, inputs: dict[str, Any], dense: str, config: dict[str, Any], results: str
 ) -> dict[str, Any]:
-    """One engine's candidate formulas for every residual state: Parquet (or why none)."""
+    """One engine's candidate formulas for every residual state (or why none): a folder."""
     import pandas as pd
 
-    from sciml.distil import DenseSamples
-    from sciml.discover import symbolic_stage
+    from sciml.discover import DenseSamples, Stages
 
     samples = DenseSamples.from_frame(
         pd.read_parquet(dense), inputs["states"], inputs["residual_states"]
     )
-    table, reason = symbolic_stage(samples, engine, _config(config))
+    found = Stages().engine(samples, engine, _config(config))
     folder = _fresh(stage_dir(results, f"symbolic-regression-{engine}"))
-    if reason is not None:
-        print(f"engine {engine} unavailable: {reason}")
-        return {"engine": engine, "candidates": None, "unavailable": reason}
-    save_candidates(table, folder / "candidates.parquet")
-    print(f"engine {engine}: {len(table)} candidates")
-    return {"engine": engine, "candidates": str(folder / "candidates.parquet"), "unavailable": None}
-
-
-@task(name="selection-and-refit", **CACHED)
-def selection_and_refit(
-    inputs: dict[str, Any],
-    fit: str,
-    ude: str | None,
-    engines: list[dict[str, Any]],
-    config: dict[str, Any],
-    results: str,
-    timings: dict[str, float],
-    ensemble: str | None = None,
-) -> str:
-    """Choose and refit the formulas, evaluate every model: docs/outputs.md's files, in a results
-    folder (copied into the run's folder by `write_results`); with an `ensemble` summary
-    (`ensemble_distillation`), each discovered term's frequency and interval too."""
-    from sciml import load_ude
-    from sciml.discover import evaluation_stage, selection_stage, summarise, write_outputs
-
-    cfg = _config(config)
-    model, train, test = _inputs(inputs, cfg)
-    mech = load_fit(fit, model)
-    trained = load_ude(ude, model, train) if ude is not None else None
-    table = load_candidates([e["candidates"] for e in engines if e["candidates"]], model.states)
-    selection = selection_stage(model, mech, table, train, cfg) if len(table) else None
-    metrics, predictions = evaluation_stage(model, mech, trained, selection, train, test, cfg)
-    unavailable = {e["engine"]: e["unavailable"] for e in engines if e["unavailable"]}
-    summary = json.loads(Path(ensemble).read_text()) if ensemble and selection else None
-    result = summarise(model, mech, selection, metrics, cfg, unavailable, summary)
-    folder = _fresh(stage_dir(results, "selection-and-refit"))
-    write_outputs(folder, result, table, selection, predictions, timings)
-    print(f"equations: {result['equations']}")
-    return str(folder)
+    found.save(folder)
+    usable = found.unavailable is None and len(found.table) > 0
+    if found.unavailable is not None:
+        print(f"engine {engine} unavailable: {found.unavailable}")
+    return {
+        "engine": engine,
+        "candidates": str(folder) if usable else None,
+        "folder": str(folder),
+        "unavailable": found.unavailable,
+    }
 
 
 @task(name="ensemble-distillation", **CACHED)
@@ -237,74 +214,109 @@ def ensemble_distillation(
     """`config["ensemble"]` UDEs trained in one compiled program and each distilled by
     `engine_names`: every discovered term's inclusion frequency and coefficient interval
     (`ensemble.json`)."""
-    from sciml.discover import ensemble_stage
+    from sciml import MechanisticFit
+    from sciml.discover import Stages
     from sciml.io import write_json
 
-    cfg = dataclasses.replace(_config(config), engines=tuple(engine_names))
+    cfg = _config(config)
     model, train, _ = _inputs(inputs, cfg)
-    summary = ensemble_stage(model, load_fit(fit, model), train, cfg)
-    print(f"ensemble of {summary['members']}: {summary['distilled']} distilled")
+    fitted = MechanisticFit.load(fit, model)
+    summary = Stages().ensemble(model, fitted, train, engine_names, cfg)
     folder = _fresh(stage_dir(results, "ensemble-distillation"))
     write_json(folder / "ensemble.json", summary)
     return str(folder / "ensemble.json")
 
 
-OUTPUT_FILES = (
-    "predictions.parquet",
-    "equations.csv",
-    "ensemble.csv",
-    "run.json",
-    "discovered.json",
-)
-
-
-@task(name="write-results", **UNCACHED, **IO)
-def write_results(selection: str, out: str, partial: dict[str, Any] | None = None) -> str:
-    """Copy the run's results into its folder, `discovered.json` last; returns its path.
-
-    `partial` (why later stages were skipped) goes into `discovered.json` as `partial`."""
-    from sciml.io import atomic_path, write_json
-
-    for name in OUTPUT_FILES:
-        if partial is not None and name == "discovered.json":
-            result = json.loads((Path(selection) / name).read_text())
-            write_json(Path(out) / name, {**result, "partial": partial})
-        elif (Path(selection) / name).exists():
-            with atomic_path(Path(out) / name) as tmp:
-                shutil.copy2(Path(selection) / name, tmp)
-    return str(Path(out) / "discovered.json")
-
-
-@task(name="record-config", **UNCACHED, **IO)
-def record_config(
+@task(name="selection-and-refit", **CACHED)
+def selection_and_refit(
     inputs: dict[str, Any],
-    config: dict[str, Any],
-    out: str,
+    fit: str,
     ude: str | None,
-    dense: str | None = None,
+    engines: list[dict[str, Any]],
+    config: dict[str, Any],
+    results: str,
+    ensemble: str | None = None,
 ) -> str:
-    """The settings and versions used, the UDE weights and dense samples, into the folder."""
-    from sciml.discover import load_inputs, versions
-    from sciml.io import write_json
+    """Choose and refit the formulas, evaluate every model (`sciml.discover.findings_stage`):
+    the result files in a results folder (`sciml.discover.Findings`)."""
+    from sciml import MechanisticFit, load_ude
+    from sciml.discover import EngineCandidates, findings_stage
 
-    model, _ = load_inputs(inputs["data"], inputs["model"])
-    if ude is not None:
-        for name in ("ude.eqx", "ude.json"):
-            shutil.copy2(Path(ude) / name, Path(out) / name)
-    if dense is not None:
-        shutil.copy2(dense, Path(out) / "dense.parquet")
-    write_json(
-        Path(out) / "config.json",
-        {
-            "data": inputs["data"],
-            "model_file": inputs["model"],
-            "inputs": inputs,
-            "model": model.describe(),
-            "config": config,
-            "versions": versions(),
-        },
-    )
-    return str(Path(out) / "config.json")
+    cfg = _config(config)
+    model, train, test = _inputs(inputs, cfg)
+    fitted = MechanisticFit.load(fit, model)
+    trained = load_ude(ude, model, train) if ude is not None else None
+    found = [EngineCandidates.load(e["folder"], model.states) for e in engines]
+    summary = json.loads(Path(ensemble).read_text()) if ensemble else None
+    findings = findings_stage(model, fitted, trained, found, summary, train, test, cfg)
+    folder = _fresh(stage_dir(results, "selection-and-refit"))
+    findings.save(folder)
+    print(f"equations: {findings.result['equations']}")
+    return str(folder)
+
+
+class CachedStages:
+    """`sciml.discover.Stages` as cached Prefect tasks: each stage is a task over files (its
+    inputs by content, upstream results by path), run or read from the cache, and its result
+    is loaded back for `sciml.discover.orchestrate`, which runs the same pipeline as the
+    library's `run_discovery`."""
+
+    def __init__(self, inputs: dict[str, Any], config: dict[str, Any], results: str | Path):
+        self.inputs, self.config, self.results = inputs, config, str(results)
+        self.paths: dict[str, Any] = {"engines": []}  # stage results, for the stages after
+
+    def _run(self, name: str, t: Any, *args: Any) -> Any:
+        self.paths[name] = in_results(t, self.results)(*args)
+        return self.paths[name]
+
+    def mechanistic(self, model: Any, train: Any, config: Any) -> Any:
+        from sciml import MechanisticFit
+
+        path = self._run("fit", mechanistic_fit, self.inputs, self.config, self.results)
+        return MechanisticFit.load(path, model)
+
+    def ude(self, fit: Any, train: Any, config: Any) -> Any:
+        from sciml import load_ude
+
+        args = (self.inputs, self.paths["fit"], self.config, self.results)
+        return load_ude(self._run("ude", ude_training, *args), fit.model, train)
+
+    def dense(self, trained: Any, train: Any, config: Any) -> Any:
+        import pandas as pd
+
+        from sciml.discover import DenseSamples
+
+        args = (self.inputs, self.paths["ude"], self.config, self.results)
+        frame = pd.read_parquet(self._run("dense", dense_sampling, *args))
+        return DenseSamples.from_frame(frame, self.inputs["states"], self.inputs["residual_states"])
+
+    def engine(self, dense: Any, engine: str, config: Any) -> Any:
+        from sciml.discover import EngineCandidates
+
+        args = (engine, self.inputs, self.paths["dense"], self.config, self.results)
+        record = self._run(f"engine:{engine}", symbolic_regression, *args)
+        self.paths["engines"].append(record)
+        return EngineCandidates.load(record["folder"], self.inputs["states"])
+
+    def ensemble(self, model: Any, fit: Any, train: Any, engines: Any, config: Any) -> Any:
+        args = (self.inputs, self.paths["fit"], list(engines), self.config, self.results)
+        return json.loads(Path(self._run("ensemble", ensemble_distillation, *args)).read_text())
+
+    def findings(self, model: Any, fit: Any, trained: Any, engines: Any, *rest: Any) -> Any:
+        from sciml.discover import Findings
+
+        chosen = {e.engine for e in engines}  # the orchestrator drops engines it won't select
+        records = [r for r in self.paths["engines"] if r["engine"] in chosen]
+        args = (
+            self.inputs,
+            self.paths["fit"],
+            self.paths.get("ude") if trained is not None else None,
+            records,
+            self.config,
+            self.results,
+            self.paths.get("ensemble"),
+        )
+        return Findings.load(self._run("selection", selection_and_refit, *args))
 
 
 @task(name="report", **UNCACHED, **IO)

@@ -6,12 +6,13 @@ order without Prefect (for tests, notebooks and the library's own users).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -461,26 +462,115 @@ def pareto_csv(table: pd.DataFrame, selection: Selection | None) -> pd.DataFrame
     return csv
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineCandidates:
+    """One engine's candidate formulas for every residual state (`symbolic_stage`), or why the
+    engine is unavailable (then `table` is empty)."""
+
+    engine: str
+    table: pd.DataFrame
+    unavailable: str | None = None
+
+    def save(self, folder: str | Path) -> None:
+        """`candidates.parquet` (SymPy objects dropped, rebuilt on load) and `engine.json`."""
+        folder = Path(folder)
+        df = self.table.drop(columns=[c for c in ("sympy_format",) if c in self.table.columns])
+        for col in df.columns:
+            if df[col].dtype == object:
+                df[col] = df[col].map(
+                    lambda v: json.dumps(v, default=str) if isinstance(v, dict | list) else v
+                )
+        _write_parquet(folder / "candidates.parquet", df)
+        write_json(folder / "engine.json", {"engine": self.engine, "unavailable": self.unavailable})
+
+    @classmethod
+    def load(cls, folder: str | Path, states: Sequence[str]) -> EngineCandidates:
+        """What `save` wrote; `sympy_format` parsed again from `equation` over `states`."""
+        from .symbolic import parse_formula
+
+        folder = Path(folder)
+        meta = json.loads((folder / "engine.json").read_text())
+        table = pd.read_parquet(folder / "candidates.parquet")
+        if len(table):
+            symbols = {s: sp.Symbol(s, real=True) for s in states}
+            table["sympy_format"] = [parse_formula(str(e), symbols) for e in table["equation"]]
+        return cls(meta["engine"], table, meta["unavailable"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Findings:
+    """What selection and evaluation found, ready to be written (docs/outputs.md): the content
+    of `discovered.json`, the Pareto table (`equations.csv`) and the models' predictions."""
+
+    result: dict[str, Any]
+    pareto: pd.DataFrame
+    predictions: pd.DataFrame
+
+    def save(self, folder: str | Path, run: dict[str, Any] | None = None) -> None:
+        """The files, `run.json` (when given) next and `discovered.json` last: a folder with
+        `discovered.json` holds all of them."""
+        folder = Path(folder)
+        _write_parquet(folder / "predictions.parquet", self.predictions)
+        if len(self.pareto):
+            with atomic_path(folder / "equations.csv") as tmp:
+                self.pareto.to_csv(tmp, index=False)
+        if "ensemble" in self.result:
+            from ._ensemble import ensemble_table
+
+            with atomic_path(folder / "ensemble.csv") as tmp:
+                ensemble_table(self.result["ensemble"]).to_csv(tmp, index=False)
+        if run is not None:
+            write_json(folder / "run.json", run)
+        write_json(folder / "discovered.json", self.result)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Findings:
+        folder = Path(folder)
+        csv = folder / "equations.csv"
+        return cls(
+            result=json.loads((folder / "discovered.json").read_text()),
+            pareto=pd.read_csv(csv) if csv.exists() else pd.DataFrame(),
+            predictions=pd.read_parquet(folder / "predictions.parquet"),
+        )
+
+
+def findings_stage(
+    model: MechanisticModel,
+    fit: MechanisticFit,
+    trained: TrainedUDE | None,
+    engines: Sequence[EngineCandidates],
+    ensemble: dict[str, Any] | None,
+    train: TrajectorySet,
+    test: TrajectorySet | None,
+    config: DiscoveryConfig,
+) -> Findings:
+    """Stage 7: selection and refit over every engine's candidates (none: no selection), then
+    the evaluation of every model and the summary (`discovered.json`)."""
+    tables = [e.table for e in engines if e.unavailable is None and len(e.table)]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    selection = selection_stage(model, fit, table, train, config) if len(table) else None
+    if selection is not None:
+        log.info("final equations: %s", selection.equations())
+    metrics, predictions = evaluation_stage(model, fit, trained, selection, train, test, config)
+    unavailable = {e.engine: e.unavailable for e in engines if e.unavailable is not None}
+    result = summarise(model, fit, selection, metrics, config, unavailable, ensemble)
+    pareto = pareto_csv(table, selection) if len(table) else pd.DataFrame()
+    return Findings(result, pareto, predictions)
+
+
 def write_outputs(
     out: Path,
-    result: dict[str, Any],
-    table: pd.DataFrame,
-    selection: Selection | None,
-    predictions: pd.DataFrame,
+    findings: Findings,
     timings: dict[str, float],
-) -> None:
-    """Write the run's files (docs/outputs.md), `discovered.json` last: there only when all is."""
-    _write_parquet(out / "predictions.parquet", predictions)
-    if len(table):
-        with atomic_path(out / "equations.csv") as tmp:
-            pareto_csv(table, selection).to_csv(tmp, index=False)
-    if "ensemble" in result:
-        from ._ensemble import ensemble_table
-
-        with atomic_path(out / "ensemble.csv") as tmp:
-            ensemble_table(result["ensemble"]).to_csv(tmp, index=False)
-    write_json(out / "run.json", {"timings": timings, "versions": versions()})
-    write_json(out / "discovered.json", result)
+    partial: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run's result files into `out`, `discovered.json` last (marked `partial` when the
+    time budget stopped the run early); returns `discovered.json`'s content."""
+    result = findings.result if partial is None else {**findings.result, "partial": partial}
+    Findings(result, findings.pareto, findings.predictions).save(
+        out, run={"timings": timings, "versions": versions()}
+    )
+    return result
 
 
 # -- the whole pipeline ------------------------------------------------------------------------
@@ -492,12 +582,25 @@ def rich_progress() -> tuple[Any, Callable[[str, int, int, float], None]]:
     return bar, bar.stage_callback()
 
 
-def _attach_log(out: Path) -> logging.Handler:
+RUN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+@contextlib.contextmanager
+def run_log(out: Path, loggers: Sequence[str] = ("sciml",)) -> Iterator[None]:
+    """The run's log, `OUT/run.log` (one format), from the library's logger and `loggers`."""
     handler = logging.FileHandler(out / "run.log", mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
+    handler.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    attached = [logging.getLogger(name) for name in dict.fromkeys(("sciml", *loggers))]
+    for logger in attached:
+        logger.addHandler(handler)
     log.setLevel(logging.INFO)
-    return handler
+    try:
+        yield
+    finally:
+        for logger in attached:
+            logger.removeHandler(handler)
+        handler.close()
 
 
 class TimeBudget:
@@ -578,86 +681,170 @@ def run_loaded(
     from a TOML string or a dict): the same stages and the same files in `out`; `data_source`
     and `model_source` are what `config.json` records as their origin."""
     budget = TimeBudget(max_minutes)
-    with run_directory(out, clear=RESULT_FILES) as out:
-        handler = _attach_log(out)
+    with run_directory(out, clear=RESULT_FILES) as out, run_log(out):
+        stages = Stages(show_progress=show_progress, checkpoint=out / "ude-checkpoint")
+        sources = describe_inputs(model, data, data_source, model_source)
+        return orchestrate(model, data, config, out, stages=stages, budget=budget, inputs=sources)
+
+
+def describe_inputs(
+    model: MechanisticModel,
+    data: TrajectorySet,
+    data_source: str | Path,
+    model_source: str | Path | None,
+) -> dict[str, Any]:
+    """Where the inputs came from and what they hold (`config.json`'s `inputs`); files by
+    content (SHA-256: the Prefect stages' cache keys), data or models given in memory by a
+    hash of what was read."""
+    from ._fingerprint import file_digest, json_digest
+
+    def is_file(source: str | Path | None) -> bool:
         try:
-            return _run(model, data, config, out, data_source, model_source, show_progress, budget)
-        finally:
-            log.removeHandler(handler)
-            handler.close()
+            return source is not None and Path(source).is_file()
+        except OSError:  # e.g. a model given as TOML text: a name too long for a path
+            return False
+
+    def digest(source: str | Path | None, fallback: Any) -> str:
+        return file_digest(source) if is_file(source) else json_digest(fallback)
+
+    data_text = str(Path(data_source).resolve()) if is_file(data_source) else str(data_source)
+    return {
+        "data": data_text,
+        "model": None if model_source is None else str(model_source),
+        "data_sha256": digest(data_source, [tr.y.tolist() for tr in data.trajectories]),
+        "model_sha256": (
+            "no-theory" if model_source is None else digest(model_source, model.describe())
+        ),
+        "states": list(model.states),
+        "residual_states": list(model.residual_states),
+        "n_trajectories": len(data),
+        "n_points": data.n_points,
+    }
 
 
-def _run(
+class Stages:
+    """How each stage runs. This class calls the library's stage functions in this process;
+    the Prefect flow's `pipelines.tasks.CachedStages` runs each as a cached task (load, stage,
+    save) and returns the loaded result. `orchestrate` calls them in order, so both ways run
+    the same pipeline and write the same files."""
+
+    def __init__(self, *, show_progress: bool = False, checkpoint: Path | None = None):
+        self.show_progress = show_progress
+        self.checkpoint = checkpoint
+
+    def mechanistic(
+        self, model: MechanisticModel, train: TrajectorySet, config: DiscoveryConfig
+    ) -> MechanisticFit:
+        return mechanistic_stage(model, train, config)
+
+    def ude(self, fit: MechanisticFit, train: TrajectorySet, config: DiscoveryConfig) -> TrainedUDE:
+        if not self.show_progress:
+            return ude_stage(fit, train, config, None, self.checkpoint)
+        bar, callback = rich_progress()
+        with bar:
+            return ude_stage(fit, train, config, callback, self.checkpoint)
+
+    def dense(
+        self, trained: TrainedUDE, train: TrajectorySet, config: DiscoveryConfig
+    ) -> DenseSamples:
+        return dense_stage(trained, train, config)
+
+    def engine(self, dense: DenseSamples, engine: str, config: DiscoveryConfig) -> EngineCandidates:
+        table, reason = symbolic_stage(dense, engine, config)
+        return EngineCandidates(engine, table, reason)
+
+    def ensemble(
+        self,
+        model: MechanisticModel,
+        fit: MechanisticFit,
+        train: TrajectorySet,
+        engines: Sequence[str],
+        config: DiscoveryConfig,
+    ) -> dict[str, Any]:
+        return ensemble_stage(model, fit, train, config.replace(engines=tuple(engines)))
+
+    def findings(
+        self,
+        model: MechanisticModel,
+        fit: MechanisticFit,
+        trained: TrainedUDE | None,
+        engines: Sequence[EngineCandidates],
+        ensemble: dict[str, Any] | None,
+        train: TrajectorySet,
+        test: TrajectorySet | None,
+        config: DiscoveryConfig,
+    ) -> Findings:
+        return findings_stage(model, fit, trained, engines, ensemble, train, test, config)
+
+
+def orchestrate(
     model: MechanisticModel,
     data: TrajectorySet,
     config: DiscoveryConfig,
     out: Path,
-    data_path: str | Path,
-    model_path: str | Path | None,
-    show_progress: bool,
+    *,
+    stages: Stages,
     budget: TimeBudget,
+    inputs: dict[str, Any],
 ) -> dict[str, Any]:
+    """The discovery pipeline, stage by stage (`stages` says how each runs), into `out`:
+    `config.json` first, then the UDE and dense samples as they are made, the result files and
+    `run.json` (every stage's seconds), `discovered.json` last (docs/outputs.md)."""
     timings: dict[str, float] = {}
 
-    def timed(name, fn, *args, **kwargs):
-        t = time.perf_counter()
-        value = fn(*args, **kwargs)
-        timings[name] = time.perf_counter() - t
+    def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        value = fn(*args)
+        timings[name] = time.perf_counter() - start
         log.info("stage %s: %.1f s", name, timings[name])
         return value
 
-    log.info("data %s: %d trajectories, %d points", data_path, len(data), data.n_points)
+    log.info(
+        "data %s: %d trajectories, %d points; states %s",
+        inputs["data"],
+        len(data),
+        data.n_points,
+        list(model.states),
+    )
     write_json(
         out / "config.json",
         {
-            "data": str(data_path),
-            "model_file": None if model_path is None else str(model_path),
+            "data": inputs["data"],
+            "model_file": inputs["model"],
+            "inputs": inputs,
             "model": model.describe(),
             "config": config.to_dict(),
             "versions": versions(),
         },
     )
     train, test = split_data(data, config)
-    fit = timed("mechanistic", mechanistic_stage, model, train, config)
+    fit = timed("mechanistic", stages.mechanistic, model, train, config)
     log.info("mechanistic fit: %s (cost %.4g, %s)", fit.parameter_dict, fit.cost, fit.message)
-    trained = selection = None
-    table = pd.DataFrame()
-    unavailable: dict[str, str] = {}
+    trained: TrainedUDE | None = None
+    engines: list[EngineCandidates] = []
     if model.residual_states and budget.left("UDE training"):
-        if show_progress:
-            bar, callback = rich_progress()
-            with bar:
-                trained = timed(
-                    "ude", ude_stage, fit, train, config, callback, out / "ude-checkpoint"
-                )
-        else:
-            trained = timed("ude", ude_stage, fit, train, config, None, out / "ude-checkpoint")
+        trained = timed("ude", stages.ude, fit, train, config)
         trained.save(out)
-        write_json(out / "history.json", trained.history)
     if trained is not None and budget.left("dense sampling"):
-        dense = timed("dense", dense_stage, trained, train, config)
+        dense = timed("dense", stages.dense, trained, train, config)
         _write_parquet(out / "dense.parquet", dense.to_frame())
-        tables = []
         for engine in config.engines:
             if not budget.left(f"symbolic regression ({engine})"):
                 break
-            part, reason = timed(f"engine:{engine}", symbolic_stage, dense, engine, config)
-            if reason is not None:
-                unavailable[engine] = reason
-                log.warning("engine %s unavailable: %s", engine, reason)
-            tables.append(part)
-        table = pd.concat(tables, ignore_index=True) if tables else table
-        if len(table) and budget.left("selection and refit"):
-            selection = timed("selection", selection_stage, model, fit, table, train, config)
-            log.info("final equations: %s", selection.equations())
+            found = timed(f"engine:{engine}", stages.engine, dense, engine, config)
+            if found.unavailable is not None:
+                log.warning("engine %s unavailable: %s", engine, found.unavailable)
+            engines.append(found)
+    found_any = any(e.unavailable is None and len(e.table) for e in engines)
+    if found_any and not budget.left("selection and refit"):
+        engines = [e for e in engines if e.unavailable is not None]  # evaluate, do not select
+        found_any = False
     ensemble = None
-    if selection is not None and config.ensemble and budget.left("ensemble"):
-        ensemble = timed("ensemble", ensemble_stage, model, fit, train, config)
-    metrics, predictions = timed(
-        "evaluation", evaluation_stage, model, fit, trained, selection, train, test, config
+    if found_any and config.ensemble and budget.left("ensemble"):
+        usable = [e.engine for e in engines if e.unavailable is None and len(e.table)]
+        ensemble = timed("ensemble", stages.ensemble, model, fit, train, usable, config)
+    findings = timed(
+        "selection", stages.findings, model, fit, trained, engines, ensemble, train, test, config
     )
-    result = summarise(model, fit, selection, metrics, config, unavailable, ensemble)
-    if budget.partial is not None:
-        result["partial"] = budget.partial
-    write_outputs(out, result, table, selection, predictions, timings)
+    result = write_outputs(out, findings, timings, budget.partial)
     return {**result, "out": str(out), "timings": timings}

@@ -231,10 +231,9 @@ def _discover_without_ude(states, params, folder):
     from sciml._io import write_json
     from sciml.discover import (
         DiscoveryConfig,
-        evaluation_stage,
+        EngineCandidates,
+        findings_stage,
         mechanistic_stage,
-        selection_stage,
-        summarise,
         write_outputs,
     )
     from sciml.report import render_report
@@ -259,13 +258,12 @@ def _discover_without_ude(states, params, folder):
     config = DiscoveryConfig.make(engines=("sindy",), quick=True)
     fit = mechanistic_stage(model, data, config)
     table = _smoothed_candidates(model, data)
-    selection = selection_stage(model, fit, table, data, config)
-    metrics, predictions = evaluation_stage(model, fit, None, selection, data, None, config)
-    result = summarise(model, fit, selection, metrics, config, {})
+    found = [EngineCandidates("sindy", table)]
+    findings = findings_stage(model, fit, None, found, None, data, None, config)
     out = folder / "out"
     out.mkdir()
     write_json(out / "config.json", {"data": str(csv), "model": model.describe()})
-    write_outputs(out, result, table, selection, predictions, {})
+    result = write_outputs(out, findings, {})
     report = render_report(out).read_text(encoding="utf-8")
     return model, result, out, report
 

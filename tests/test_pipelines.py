@@ -3,6 +3,7 @@ the discovery flow's cache, and a sweep on a local Dask cluster."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipelines import _cache, _files
+from pipelines import _cache
 from pipelines.params import ClassifyParams, DiscoverParams, SweepParams, UDESettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,7 +153,7 @@ def test_ingest_hashes_the_inputs_and_rejects_bad_data(tmp_path):
     from sciml import DataError
 
     inputs = tasks.ingest.fn(str(CSV), str(MODEL))
-    assert inputs["data_sha256"] == _files.file_digest(CSV)
+    assert inputs["data_sha256"] == hashlib.sha256(CSV.read_bytes()).hexdigest()
     assert inputs["states"] == ["x", "y"] and inputs["residual_states"] == ["x", "y"]
     assert inputs["n_points"] == 21
     bad = tmp_path / "bad.csv"
@@ -180,6 +181,7 @@ def test_fit_and_candidates_round_trip(tmp_path):
     import pandas as pd
 
     from sciml import MechanisticFit, load_model
+    from sciml.discover import EngineCandidates
 
     model = load_model(MODEL_FULL)
     fit = MechanisticFit(
@@ -192,8 +194,8 @@ def test_fit_and_candidates_round_trip(tmp_path):
         success=True,
         message="ok",
     )
-    _files.save_fit(fit, tmp_path / "fit.json")
-    back = _files.load_fit(tmp_path / "fit.json", model)
+    fit.save(tmp_path / "fit.json")
+    back = MechanisticFit.load(tmp_path / "fit.json", model)
     assert np.array_equal(back.params, fit.params) and back.parameter_dict == fit.parameter_dict
     table = pd.DataFrame(
         {
@@ -206,10 +208,13 @@ def test_fit_and_candidates_round_trip(tmp_path):
             "coef_std": [{"x*y": 0.01}, {"x*y": 0.02}],
         }
     )
-    _files.save_candidates(table, tmp_path / "c.parquet")
-    back = _files.load_candidates([tmp_path / "c.parquet"], ["x", "y"])
-    assert list(back["equation"]) == list(table["equation"])
-    assert str(back["sympy_format"][0]) == "-0.9*x*y"
+    EngineCandidates("sindy", table).save(tmp_path / "c")
+    back = EngineCandidates.load(tmp_path / "c", ["x", "y"])
+    assert back.engine == "sindy" and back.unavailable is None
+    assert list(back.table["equation"]) == list(table["equation"])
+    assert str(back.table["sympy_format"][0]) == "-0.9*x*y"
+    EngineCandidates("pysr", pd.DataFrame(), "no Julia").save(tmp_path / "u")
+    assert EngineCandidates.load(tmp_path / "u", ["x", "y"]).unavailable == "no Julia"
 
 
 # -- the command line --------------------------------------------------------------------------
