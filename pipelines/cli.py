@@ -314,167 +314,181 @@ def _print_discovery(result: dict) -> None:
         print(f"report: {result['report']}")
 
 
-def _run(args: argparse.Namespace) -> None:
-    if args.command == "report":
-        from sciml.report import render_index, render_report
+def _report_command(args: argparse.Namespace) -> None:
+    """`sciml report DIR [--index]`: (re)render a run's report or an index of runs."""
+    from sciml.report import render_index, render_report
 
-        path = render_index(args.dir) if args.index else render_report(args.dir)
-        print(f"report: {path}")
-        return
-    if args.command == "review":
-        _review(args)
-        return
-    if args.command == "discover":
-        params = _discover_params(args)
-        _validate_discovery(params)
-        from pipelines.flows import discover
+    path = render_index(args.dir) if args.index else render_report(args.dir)
+    print(f"report: {path}")
 
-        _quiet_expected_failures()
-        result = discover(params)
-        _print_discovery(result)
-    elif args.command == "pipeline":
-        from pipelines.flows import pipeline
-        from pipelines.params import ClassifyParams, CNFParams, PipelineParams
 
-        out = Path(args.out).resolve()
-        _check_out(out)
-        args.out = str(out / "discover")
-        discover_params = _discover_params(args)
-        _validate_discovery(discover_params)
-        cnf_params = classify_params = None
-        if args.cnf_data:
-            from sciml.cnf import prepare_tables
+def _discover_command(args: argparse.Namespace) -> None:
+    """`sciml discover`: the discovery flow on one data file."""
+    params = _discover_params(args)
+    _validate_discovery(params)
+    from pipelines.flows import discover
 
-            prepare_tables(args.cnf_data, None, seed=args.seed)
-            cnf_params = CNFParams(
-                data=args.cnf_data, out=out / "cnf", steps=args.cnf_steps, seed=args.seed
-            )
-        if args.classify:
-            classify_params = ClassifyParams(
-                dataset=args.classify,
-                out=out / "classify",
-                epochs=args.classify_epochs,
-                seed=args.seed,
-            )
-        params = PipelineParams(discover=discover_params, cnf=cnf_params, classify=classify_params)
-        _quiet_expected_failures()
-        results = pipeline(params)
-        _print_discovery(results["discover"])
-        for stage in ("cnf", "classify"):
-            if stage in results:
-                print(f"{stage}: results in {out / stage}")
-    elif args.command == "cnf":
-        from pipelines.params import CNFParams
+    _quiet_expected_failures()
+    result = discover(params)
+    _print_discovery(result)
 
-        params = CNFParams(
-            data=args.data, out=args.out, test=args.test, seed=args.seed, steps=args.steps
-        )
+
+def _pipeline_command(args: argparse.Namespace) -> None:
+    """`sciml pipeline`: discovery, and optionally CNF and classifier, as subflows."""
+    from pipelines.flows import pipeline
+    from pipelines.params import ClassifyParams, CNFParams, PipelineParams
+
+    out = Path(args.out).resolve()
+    _check_out(out)
+    args.out = str(out / "discover")
+    discover_params = _discover_params(args)
+    _validate_discovery(discover_params)
+    cnf_params = classify_params = None
+    if args.cnf_data:
         from sciml.cnf import prepare_tables
 
-        _check_out(params.out)
-        prepare_tables(params.data, params.test, seed=params.seed)  # fail fast on bad data
-        from pipelines.flows import cnf
-
-        _quiet_expected_failures()
-        metrics = cnf(params)
-        print(f"test NLL {metrics['test_nll']:.4f} nats; results in {args.out}")
-    elif args.command == "classify":
-        from pipelines.params import ClassifyParams
-
-        params = ClassifyParams(
-            dataset=args.dataset,
-            data=args.data,
-            test=args.test,
-            out=args.out,
+        prepare_tables(args.cnf_data, None, seed=args.seed)
+        cnf_params = CNFParams(
+            data=args.cnf_data, out=out / "cnf", steps=args.cnf_steps, seed=args.seed
+        )
+    if args.classify:
+        classify_params = ClassifyParams(
+            dataset=args.classify,
+            out=out / "classify",
+            epochs=args.classify_epochs,
             seed=args.seed,
-            epochs=args.epochs,
         )
-        _check_out(params.out)
-        from sciml.classify import load_npz
+    params = PipelineParams(discover=discover_params, cnf=cnf_params, classify=classify_params)
+    _quiet_expected_failures()
+    results = pipeline(params)
+    _print_discovery(results["discover"])
+    for stage in ("cnf", "classify"):
+        if stage in results:
+            print(f"{stage}: results in {out / stage}")
 
-        for path in (params.data, params.test):
-            if path is not None:
-                load_npz(path)  # fail fast on bad data, before Prefect starts
-        from pipelines.flows import classify
 
-        _quiet_expected_failures()
-        metrics = classify(params)
-        print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {args.out}")
-    elif args.command == "sweep":
-        from pipelines.params import SweepParams
-        from sciml.discover import load_inputs
+def _cnf_command(args: argparse.Namespace) -> None:
+    """`sciml cnf`: a continuous normalising flow on a table of samples."""
+    from pipelines.params import CNFParams
 
-        try:
-            seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-        except ValueError:
-            raise _bad_input(f"--seeds: integers separated by commas, got {args.seeds!r}") from None
-        params = SweepParams(
-            data=tuple(Path(p).resolve() for p in args.data),
-            models=tuple(Path(m).resolve() for m in args.model),
-            seeds=seeds,
-            out=Path(args.out).resolve(),
-            engines=_engines(args.engines),
-            quick=args.quick,
-            holdout=args.holdout,
-            dask_address=args.dask_address,
-            n_workers=args.workers,
-            cluster_class=args.cluster_class,
-            cluster_kwargs=_json_object("--cluster-kwargs", args.cluster_kwargs),
-        )
-        _check_out(params.out)
-        for run_params in params.runs():
-            _check_out(run_params.out)
-        for data in params.data:
-            for model in params.models:
-                load_inputs(data, model)
-        if params.cluster_class:
-            from pipelines.flows import check_cluster_class
+    params = CNFParams(
+        data=args.data, out=args.out, test=args.test, seed=args.seed, steps=args.steps
+    )
+    from sciml.cnf import prepare_tables
 
-            check_cluster_class(params.cluster_class)
-        from pipelines.flows import sweep
+    _check_out(params.out)
+    prepare_tables(params.data, params.test, seed=params.seed)  # fail fast on bad data
+    from pipelines.flows import cnf
 
-        _quiet_expected_failures()
-        for run in sweep(params):
-            print(f"{run['out']}: {run['equations']}")
-    elif args.command == "deploy":
-        from pipelines.deploy import deploy
+    _quiet_expected_failures()
+    metrics = cnf(params)
+    print(f"test NLL {metrics['test_nll']:.4f} nats; results in {args.out}")
 
-        limits = {}
-        for item in args.limit:
-            pool, _, n = item.partition("=")
-            if not pool or not n.isdigit() or int(n) < 1:
-                raise _bad_input(f"--limit: POOL=N with N >= 1, got {item!r}")
-            limits[pool] = int(n)
-        for name in deploy(args.names, limits):
-            print(f"deployed {name}")
-    elif args.command == "batch":
-        from pipelines.params import BatchParams
-        from sciml.discover import load_inputs
 
-        params = BatchParams(
-            data=tuple(Path(p) for p in args.data),
-            models=tuple(Path(m) for m in args.model) if args.model else (None,),
-            seeds=_seeds(args.seeds),
-            out=Path(args.out),
-            engines=_engines(args.engines),
-            quick=args.quick,
-            holdout=args.holdout,
-            results=Path(args.results) if args.results else None,
-            deployment=args.deployment,
-            timeout=args.timeout,
-        )
-        for data in params.data:
-            for model in params.models:
-                load_inputs(data, model)
-        from pipelines.deploy import require_server
+def _classify_command(args: argparse.Namespace) -> None:
+    """`sciml classify`: the neural-ODE classifier."""
+    from pipelines.params import ClassifyParams
 
-        require_server("a batch's runs go to a deployment's work pool")
-        from pipelines.batch import batch
+    params = ClassifyParams(
+        dataset=args.dataset,
+        data=args.data,
+        test=args.test,
+        out=args.out,
+        seed=args.seed,
+        epochs=args.epochs,
+    )
+    _check_out(params.out)
+    from sciml.classify import load_npz
 
-        result = batch(params)
-        for run in result["runs"]:
-            print(f"{run['out']}: {run.get('equations')}")
-        print(f"index: {result['index']}")
+    for path in (params.data, params.test):
+        if path is not None:
+            load_npz(path)  # fail fast on bad data, before Prefect starts
+    from pipelines.flows import classify
+
+    _quiet_expected_failures()
+    metrics = classify(params)
+    print(f"test accuracy {metrics['test_accuracy']:.4f}; results in {args.out}")
+
+
+def _sweep_command(args: argparse.Namespace) -> None:
+    """`sciml sweep`: discovery over data files x models x seeds on Dask."""
+    from pipelines.params import SweepParams
+    from sciml.discover import load_inputs
+
+    seeds = _seeds(args.seeds)
+    params = SweepParams(
+        data=tuple(Path(p).resolve() for p in args.data),
+        models=tuple(Path(m).resolve() for m in args.model),
+        seeds=seeds,
+        out=Path(args.out).resolve(),
+        engines=_engines(args.engines),
+        quick=args.quick,
+        holdout=args.holdout,
+        dask_address=args.dask_address,
+        n_workers=args.workers,
+        cluster_class=args.cluster_class,
+        cluster_kwargs=_json_object("--cluster-kwargs", args.cluster_kwargs),
+    )
+    _check_out(params.out)
+    for run_params in params.runs():
+        _check_out(run_params.out)
+    for data in params.data:
+        for model in params.models:
+            load_inputs(data, model)
+    if params.cluster_class:
+        from pipelines.flows import check_cluster_class
+
+        check_cluster_class(params.cluster_class)
+    from pipelines.flows import sweep
+
+    _quiet_expected_failures()
+    for run in sweep(params):
+        print(f"{run['out']}: {run['equations']}")
+
+
+def _deploy_command(args: argparse.Namespace) -> None:
+    """`sciml deploy`: prefect.yaml's deployments on the server."""
+    from pipelines.deploy import deploy
+
+    limits = {}
+    for item in args.limit:
+        pool, _, n = item.partition("=")
+        if not pool or not n.isdigit() or int(n) < 1:
+            raise _bad_input(f"--limit: POOL=N with N >= 1, got {item!r}")
+        limits[pool] = int(n)
+    for name in deploy(args.names, limits):
+        print(f"deployed {name}")
+
+
+def _batch_command(args: argparse.Namespace) -> None:
+    """`sciml batch`: discovery runs sent to a work pool, collected into one index."""
+    from pipelines.params import BatchParams
+    from sciml.discover import load_inputs
+
+    params = BatchParams(
+        data=tuple(Path(p) for p in args.data),
+        models=tuple(Path(m) for m in args.model) if args.model else (None,),
+        seeds=_seeds(args.seeds),
+        out=Path(args.out),
+        engines=_engines(args.engines),
+        quick=args.quick,
+        holdout=args.holdout,
+        results=Path(args.results) if args.results else None,
+        deployment=args.deployment,
+        timeout=args.timeout,
+    )
+    for data in params.data:
+        for model in params.models:
+            load_inputs(data, model)
+    from pipelines.deploy import require_server
+
+    require_server("a batch's runs go to a deployment's work pool")
+    from pipelines.batch import batch
+
+    result = batch(params)
+    for run in result["runs"]:
+        print(f"{run['out']}: {run.get('equations')}")
+    print(f"index: {result['index']}")
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -505,7 +519,7 @@ def _user() -> str:
         return "unknown"
 
 
-def _review(args: argparse.Namespace) -> None:
+def _review_command(args: argparse.Namespace) -> None:
     """`sciml review DIR`: without a decision, the terms to decide on; with one, the refit."""
     from sciml.review import Decision, review_choices, review_run
 
@@ -599,6 +613,23 @@ def _filter_xla_noise() -> None:
         thread.join(timeout=2.0)
 
     atexit.register(restore)
+
+
+COMMANDS = {
+    "report": _report_command,
+    "review": _review_command,
+    "discover": _discover_command,
+    "pipeline": _pipeline_command,
+    "cnf": _cnf_command,
+    "classify": _classify_command,
+    "sweep": _sweep_command,
+    "deploy": _deploy_command,
+    "batch": _batch_command,
+}
+
+
+def _run(args: argparse.Namespace) -> None:
+    COMMANDS[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None, *, handle_signals: bool | None = None) -> int:
