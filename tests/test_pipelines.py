@@ -157,7 +157,7 @@ def test_ingest_hashes_the_inputs_and_rejects_bad_data(tmp_path):
     assert inputs["states"] == ["x", "y"] and inputs["residual_states"] == ["x", "y"]
     assert inputs["n_points"] == 21
     bad = tmp_path / "bad.csv"
-    bad.write_text("t,x,y\n0,1,2\n0.5,1,\n1,1,2\n")
+    bad.write_text("t,x,y\n0,1,2\n,1,2\n1,1,2\n")  # no time: refused (an empty state is not)
     with pytest.raises(DataError, match="bad.csv"):
         tasks.ingest.fn(str(bad), str(MODEL))
 
