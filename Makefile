@@ -34,11 +34,10 @@ test-deps:
 test: $(STAMP) test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	# Two processes: in one process XLA's CPU compiler crashed (SIGSEGV/SIGABRT inside
-	# backend_compile) after a few hundred compilations, at the same test each time; that test
-	# passes alone. Both halves must pass.
-	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest $(wildcard tests/test_[a-l]*.py)
-	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest $(wildcard tests/test_[m-z]*.py)
+	# Two worker processes (pytest-xdist), one test file at a time each: the file's module
+	# fixtures (a trained UDE, a finished run) are made once, and neither process lives through
+	# every test (in one process XLA's CPU compiler once crashed after a few hundred compilations).
+	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
