@@ -6,7 +6,8 @@
 2. The term model (`build_term_model`, `TermModel`): the declared equations (fitted numbers
    inlined) plus candidate formulas, split into additive terms, every number a parameter.
 3. Refit (`Refitter`): every constant of a term model fitted to the *data* through the ODE
-   solve, by multiple shooting.
+   solve, by multiple shooting; a declared term's coefficient within the range that its
+   parameters' bounds (`{ value, min, max }`) give it.
 4. Candidate search and selection (`select_and_refit`): per residual state, the engines'
    candidates scored by collocation, the leading ones refit through the ODE (each a
    `Candidate`), the best by BIC kept.

@@ -48,7 +48,8 @@ class Refitter:
     """Least squares of a `TermModel` against data, with terms switched off by a mask.
 
     Compiled once per model structure; masks and starting values are arguments, so pruning
-    costs no recompilation.
+    costs no recompilation. A coefficient with bounds (`TermModel.coefficient_bounds`) is
+    fitted through `ParameterTransform`'s map, so it stays within them.
 
     Multiple shooting: each trajectory is cut into pieces `horizon` long (by default
     `SHOOTING_PERIODS` characteristic periods of the data, `2 pi * Smoothed.time_scale()`
