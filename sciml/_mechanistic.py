@@ -180,6 +180,60 @@ def simulate(
     return jax.vmap(one)(y0s, ts)
 
 
+def forcing(model: MechanisticModel, data: TrajectorySet) -> tuple | None:
+    """With partial data, the measured residual states as inputs: `(index, times, rates)` or
+    None.
+
+    Where some state is not measured and the model has neural residuals, the declared
+    equation of a residual state is known to be incomplete; if that state is measured (at 80%
+    of the samples or more), the mechanistic stage takes its course from the data rather
+    than from its incomplete equation (its rate of change is the smoothed data's, linear
+    between samples), so that the unmeasured states and the parameters of the complete
+    equations are fitted to what was measured, not to the error of the incomplete one.
+    `times` (N, M) and `rates` (N, M, F) are per trajectory (`TrajectorySet.padded`)."""
+    if not (model.residual_states and data.partial and data.unmeasured().any()):
+        return None
+    from ._smooth import smooth
+
+    k = len(data.observables)
+    share = np.concatenate([tr.mask(k)[:, : len(data.states)] for tr in data.trajectories])
+    index = [
+        j
+        for j in model.residual_index
+        if share[:, j].mean() >= 0.8 and not data.unmeasured()[:, j].any()
+    ]
+    if not index:
+        return None
+    smoothed = smooth(data)
+    ts = data.padded()[0]
+    rates = np.zeros((*ts.shape, len(index)))
+    for i in range(len(data)):
+        rows = smoothed.trajectory == i
+        m = int(rows.sum())
+        rates[i, :m] = smoothed.dydt[rows][:, index]
+        rates[i, m:] = rates[i, m - 1]
+    return np.asarray(index), ts, rates
+
+
+def simulate_forced(
+    model: MechanisticModel, params, y0s, ts, forced, *, rtol=1e-7, atol=1e-9, adjoint=None
+):
+    """`simulate` with the states of `forced` (`forcing`'s result, or None: plain `simulate`)
+    following their data."""
+    if forced is None:
+        return simulate(model, params, y0s, ts, rtol=rtol, atol=atol, adjoint=adjoint)
+    index, times, rates = (jnp.asarray(a) for a in forced)
+
+    def one(y0, t, tg, rate):
+        def field(tt, y):
+            given = jax.vmap(lambda r: jnp.interp(tt, tg, r), in_axes=1)(rate)
+            return model.vector_field(tt, y, params).at[index].set(given.astype(y.dtype))
+
+        return solve(field, y0, t, rtol=rtol, atol=atol, max_steps=8192, adjoint=adjoint)[:2]
+
+    return jax.vmap(one)(y0s, ts, times, rates)
+
+
 def predicted_channels(model: MechanisticModel, params, ts, pred):
     """What the data hold, as the model predicts it: states `pred` (N, M, D) at times `ts`
     (N, M) -> (N, M, D + K), the states then the observation equations' values."""
@@ -214,6 +268,13 @@ def initial_guesses(model: MechanisticModel, data: TrajectorySet) -> np.ndarray:
         guess = declared if declared is not None else (typical or 1.0, -np.inf, np.inf, False)
         out[unmeasured[:, j], j] = np.asarray(guess, dtype=float)
     return out
+
+
+def pinned_initial(model: MechanisticModel, data: TrajectorySet) -> np.ndarray:
+    """(N, D) bool: initial values that are known, not fitted (a state that a trajectory never
+    measures, declared in `[initial]` with `fixed = true`)."""
+    known = [bool((model.initial_guess(s) or (0, 0, 0, False))[3]) for s in model.states]
+    return data.unmeasured() & np.asarray(known, dtype=bool)
 
 
 def _collocation_start(model: MechanisticModel, data: TrajectorySet, transform, z0):
@@ -295,6 +356,7 @@ def fit_mechanistic(
     base = jnp.asarray(np.where(unmeasured, 0.0, init[..., 0]))
     measured = jnp.asarray(~data.unmeasured(), dtype=float)
     u_rows, u_cols = (jnp.asarray(a) for a in np.nonzero(unmeasured))
+    forced = forcing(model, data)
 
     def unpack(theta):
         z, dy0, u = theta
@@ -308,11 +370,12 @@ def fit_mechanistic(
         clipped to its end, so the solve never goes there) and the points inside."""
         params, y0s = unpack(theta)
         end = ts[:, :1] + window * span
-        pred, ok = simulate(
+        pred, ok = simulate_forced(
             model,
             params,
             y0s,
             jnp.minimum(ts, end),
+            forced,
             rtol=rtol,
             atol=atol,
             adjoint=diffrax.ForwardMode(),
@@ -414,7 +477,10 @@ def fit_mechanistic(
         )
     theta, cost, converged = best
     params, y0s = unpack(theta)
-    pred, ok = simulate(model, params, y0s, ts, rtol=rtol, atol=atol)
+    pred, ok = simulate_forced(model, params, y0s, ts, forced, rtol=rtol, atol=atol)
+    if forced is not None:
+        names = ", ".join(model.states[j] for j in forced[0])
+        message += f" (residual state(s) {names} followed their data)"
     ok = np.asarray(ok)
     if not ok.all() or not np.all(np.isfinite(np.asarray(params))):
         raise NumericalError(

@@ -30,7 +30,14 @@ from ._data import TrajectorySet
 from ._errors import NumericalError
 from ._fingerprint import Fingerprint
 from ._io import atomic_path, write_json
-from ._mechanistic import MechanisticFit
+from ._mechanistic import (
+    MechanisticFit,
+    ParameterTransform,
+    channel_residuals,
+    forcing,
+    pinned_initial,
+    simulate_forced,
+)
 from ._model import MechanisticModel
 from ._smooth import Smoothed, smooth
 from ._solve import solve
@@ -74,7 +81,13 @@ class ResidualNetwork(eqx.Module):
 
 
 class UDE(eqx.Module):
-    """Mechanistic field + neural residual on the model's residual states."""
+    """Mechanistic field + neural residual on the model's residual states.
+
+    `params` are the mechanistic parameters as trained: the values themselves, except for a
+    parameter with declared bounds (`{ value, min, max }`), whose entry is the unconstrained
+    coordinate of `ParameterTransform` (so no optimiser step can leave the bounds);
+    `mechanistic_params()` gives the values.
+    """
 
     model: MechanisticModel = eqx.field(static=True)
     params: Float[Array, " p"]
@@ -82,7 +95,8 @@ class UDE(eqx.Module):
 
     def mechanistic_params(self) -> Float[Array, " p"]:
         fixed = jnp.asarray(self.model.fixed, dtype=bool)
-        return jnp.where(fixed, jax.lax.stop_gradient(self.params), self.params)
+        raw = jnp.where(fixed, jax.lax.stop_gradient(self.params), self.params)
+        return bounded_values(self.model, raw)
 
     def residual(self, y: Float[Array, " d"]) -> Float[Array, " d"]:
         """The network's contribution to dy/dt, zero on states without a residual."""
@@ -163,6 +177,7 @@ class TrainedUDE:
     config: UDEConfig
 
     def save(self, folder: str | Path) -> None:
+        """`ude.eqx` (weights and initial states), `ude.json` and `history.json` (`load_ude`)."""
         folder = Path(folder)
         with atomic_path(folder / "ude.eqx") as tmp:
             eqx.tree_serialise_leaves(tmp, (self.ude, jnp.asarray(self.y0)))
@@ -172,11 +187,44 @@ class TrainedUDE:
                 "config": self.config.to_dict(),
                 "model": self.ude.model.describe(),
                 "parameters": dict(
-                    zip(self.ude.model.parameters, np.asarray(self.ude.params).tolist())
+                    zip(
+                        self.ude.model.parameters,
+                        np.asarray(self.ude.mechanistic_params()).tolist(),
+                    )
                 ),
                 "n_trajectories": int(self.y0.shape[0]),
             },
         )
+        write_json(folder / "history.json", self.history)
+
+
+def _bounded(model: MechanisticModel) -> tuple[np.ndarray, ParameterTransform] | None:
+    """The parameters with declared bounds and their transform (None: no bounds)."""
+    bounds = np.asarray(model.parameter_bounds, dtype=float).reshape(-1, 2)
+    idx = np.flatnonzero(np.isfinite(bounds).any(axis=1))
+    if not len(idx):
+        return None
+    guesses = np.asarray(model.guesses, dtype=float)[idx]
+    return idx, ParameterTransform.make(guesses, bounds[idx, 0], bounds[idx, 1])
+
+
+def bounded_values(model: MechanisticModel, raw):
+    """Parameter values from `UDE.params` (bounded parameters through their transform)."""
+    found = _bounded(model)
+    if found is None:
+        return raw
+    idx, transform = found
+    return raw.at[idx].set(transform.to_p(raw[idx]))
+
+
+def bounded_coordinates(model: MechanisticModel, values):
+    """The inverse of `bounded_values`: what `UDE.params` holds for parameter `values`."""
+    values = jnp.asarray(values, dtype=jnp.float64)
+    found = _bounded(model)
+    if found is None:
+        return values
+    idx, transform = found
+    return values.at[idx].set(transform.to_z(values[idx]))
 
 
 def _derivative_scale(data: TrajectorySet) -> np.ndarray:
@@ -206,7 +254,7 @@ def init_ude(
         depth=depth,
         key=key,
     )
-    return UDE(model, jnp.asarray(params, dtype=jnp.float64), net)
+    return UDE(model, bounded_coordinates(model, params), net)
 
 
 def _windowed(ts, mask, fraction):
@@ -218,9 +266,17 @@ def _windowed(ts, mask, fraction):
     return jnp.minimum(ts, last), mask * keep
 
 
-def _make_loss(static, ts, ys, mask, scale, config: UDEConfig):
+def _make_loss(static, ts, obs, mask, scale, config: UDEConfig):
+    """The training loss: mean squared scaled error over the measured values (`obs` =
+    (`values`, `measured`, state estimates `ys`, `pinned`, `pinned_values`), as
+    `TrajectorySet.padded_channels` and `_pieces` give them; `mask` the samples in play), plus
+    the penalty on the network's output. Initial values marked `pinned` (known) are not
+    trained."""
+    values, measured, ys, pinned, pinned_values = obs
+
     def loss(trainable):
         ude, y0s = eqx.combine(trainable, static)
+        y0s = jnp.where(pinned, pinned_values, y0s)
 
         def one(y0, t):
             return solve(
@@ -228,8 +284,9 @@ def _make_loss(static, ts, ys, mask, scale, config: UDEConfig):
             )[:2]
 
         pred, ok = jax.vmap(one)(y0s, ts)
-        err = jnp.where(mask[..., None] > 0, (pred - ys) / scale, 0.0)
-        fit = jnp.sum(err**2) / (jnp.sum(mask) * ys.shape[-1])
+        seen = mask[..., None] * measured
+        err = channel_residuals(ude.model, ude.mechanistic_params(), ts, pred, values, seen, scale)
+        fit = jnp.sum(err**2) / jnp.maximum(jnp.sum(seen), 1.0)
         safe = jnp.where(jnp.isfinite(pred), pred, ys)
         out = jax.vmap(jax.vmap(ude.network))(safe) / ude.network.out_scale
         reg = jnp.sum(mask[..., None] * out**2) / (jnp.sum(mask) * out.shape[-1])
@@ -259,15 +316,15 @@ def _first_order_steps(loss, trainable, opt_state, optimizer, n):
 
 
 @eqx.filter_jit
-def _adam_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer, config, n):
-    loss = _make_loss(static, ts, ys, mask, scale, config)
+def _adam_chunk(trainable, static, opt_state, ts, obs, mask, scale, *, optimizer, config, n):
+    loss = _make_loss(static, ts, obs, mask, scale, config)
     return _first_order_steps(loss, trainable, opt_state, optimizer, n)
 
 
 @eqx.filter_jit
-def _validation_loss(trainable, static, ts, ys, mask, scale, *, config):
+def _validation_loss(trainable, static, ts, obs, mask, scale, *, config):
     """The data term of the loss on the held-back points (no penalty)."""
-    loss = _make_loss(static, ts, ys, mask, scale, dataclasses.replace(config, penalty=0.0))
+    loss = _make_loss(static, ts, obs, mask, scale, dataclasses.replace(config, penalty=0.0))
     return loss(trainable)
 
 
@@ -290,8 +347,8 @@ def _collocation_chunk(trainable, static, opt_state, t, x, dydt, dscale, *, opti
 
 
 @eqx.filter_jit
-def _lbfgs_chunk(trainable, static, opt_state, ts, ys, mask, scale, *, optimizer, config, n):
-    loss = _make_loss(static, ts, ys, mask, scale, config)
+def _lbfgs_chunk(trainable, static, opt_state, ts, obs, mask, scale, *, optimizer, config, n):
+    loss = _make_loss(static, ts, obs, mask, scale, config)
     value_and_grad = optax.value_and_grad_from_state(loss)
 
     def step(carry, _):
@@ -420,13 +477,26 @@ def train_ude(
       started again with the same settings and data resumes from it, ending with the same
       result as an uninterrupted run (the chunks and the stopping rule are deterministic).
     - `smoothed`: the data's smoothed states and derivatives (computed when not given).
+
+    Partial observation (docs/partial-observation.md): the loss sees only measured values
+    (states where measured, observation equations' values); a state that is not measured
+    everywhere is estimated by the mechanistic fit's simulation, which gives the network's
+    scaling and the pieces' first states; its initial values are trained (a known one,
+    `[initial]` with `fixed`, is kept). The collocation warm start matches the derivatives of
+    the directly measured states only (none measured: no warm start).
     """
     model = fit.model
     if not model.residual_states:
         raise ValueError("the model declares no [residual] states: nothing to train")
+    partial = data.partial
+    obs_data, data = data, estimate_states(fit, data)
     ude = init_ude(model, fit.params, data, width=config.width, depth=config.depth, key=key)
-    smoothed = smoothed if smoothed is not None else smooth(data)
+    smoothed = smoothed if smoothed is not None and not partial else smooth(data)
     horizon = config.shooting_periods * 2 * math.pi * smoothed.time_scale()
+    if partial and obs_data.unmeasured().any():
+        # One shooting per trajectory: each piece's own start would let an unmeasured state's
+        # scale (and its coefficients) differ from piece to piece.
+        horizon = math.inf
     shooting = data.segments(horizon)
     first = shooting.first
     ts, ys, mask = (jnp.asarray(a) for a in shooting.pieces.padded())
@@ -434,20 +504,38 @@ def train_ude(
         jnp.asarray(m) for m in _validation_split(np.asarray(mask), config.validation_every)
     )
     has_val = bool(np.asarray(val_mask).sum() > 0)
-    scale = jnp.asarray(data.state_scale())
+    scale = jnp.asarray(obs_data.channel_scale())
     # Every piece starts from the smoothed state at its first point; with a collocation warm
     # start the trajectories' own starts too: a mechanistic fit that misses part of the
     # dynamics (with no theory, dy/dt = 0) can put its fitted y0 far off.
     y0s = smoothed.y[shooting.rows]
     if not config.collocation_steps:
         y0s[first] = fit.y0
+    pinned = np.zeros(y0s.shape, dtype=bool)
+    if partial:  # a state never measured starts where the mechanistic fit put it
+        unmeasured = obs_data.unmeasured()
+        y0s[first] = np.where(unmeasured, fit.y0, y0s[first])
+        pinned[first] = pinned_initial(model, obs_data)
+    obs = (
+        *(jnp.asarray(a) for a in shooting.pieces.padded_channels()),
+        ys,
+        jnp.asarray(pinned),
+        jnp.asarray(y0s),
+    )
     y0s = jnp.asarray(y0s)
-    if config.collocation_steps:
+    # Collocation on the states measured at (nearly) every sample; the others' derivatives
+    # are the mechanistic fit's, not the data's.
+    measured_share = np.concatenate(
+        [tr.mask(len(obs_data.observables))[:, : len(model.states)] for tr in obs_data.trajectories]
+    ).mean(axis=0)
+    direct = measured_share >= 0.8
+    colloc = None
+    if config.collocation_steps and direct.any():
         keep = smoothed.interior if smoothed.interior.sum() >= 2 else slice(None)
         colloc = tuple(
             jnp.asarray(a) for a in (smoothed.t[keep], smoothed.y[keep], smoothed.dydt[keep])
         )
-        dscale = jnp.asarray(_derivative_scale(data))
+        dscale = jnp.asarray(np.where(direct, _derivative_scale(data), np.inf))
 
     def is_trainable(leaf):
         return eqx.is_inexact_array(leaf)
@@ -468,7 +556,7 @@ def train_ude(
     )
     plan = _plan(config)
     total = sum(n for *_, n, _ in plan)
-    full_loss = eqx.filter_jit(_make_loss(static, ts, ys, mask, scale, config))
+    full_loss = eqx.filter_jit(_make_loss(static, ts, obs, mask, scale, config))
     state = _TrainState(
         trainable=trainable,
         adam=optimizer.init(trainable),
@@ -489,7 +577,7 @@ def train_ude(
         state, history, done, early = restored
     stopped = False
     for k, (phase, fraction, n, p) in enumerate(plan):
-        if k < done or stopped or p in early["stopped"]:
+        if k < done or stopped or p in early["stopped"] or (phase == "collocation" and not colloc):
             continue
         ts_w, train_w, val_w = ts, train_mask, val_mask
         if phase == "collocation":
@@ -516,7 +604,7 @@ def train_ude(
                 static,
                 state.adam,
                 ts_w,
-                ys,
+                obs,
                 train_w,
                 scale,
                 optimizer=optimizer,
@@ -534,7 +622,7 @@ def train_ude(
                 static,
                 state.lbfgs,
                 ts,
-                ys,
+                obs,
                 train_mask,
                 scale,
                 optimizer=lbfgs,
@@ -555,7 +643,7 @@ def train_ude(
             monitor = float(values[-1])
         elif has_val:
             monitor = float(
-                _validation_loss(state.trainable, static, ts_w, ys, val_w, scale, config=config)
+                _validation_loss(state.trainable, static, ts_w, obs, val_w, scale, config=config)
             )
         else:
             monitor = float(values[-1])
@@ -567,12 +655,48 @@ def train_ude(
             progress(label, sum(m for *_, m, _ in plan[: k + 1]), total, float(values[-1]))
     trainable = state.best if history["lbfgs"] else state.trainable
     ude, y0s = eqx.combine(trainable, static)
+    y0s = jnp.where(obs[3], obs[4], y0s)
     leaves = jax.tree.leaves(eqx.filter(ude, eqx.is_inexact_array))
     if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves):
-        raise NumericalError("training produced non-finite weights", stage="ude")
+        raise NumericalError(
+            "training produced non-finite weights",
+            stage="ude",
+            hint="a smaller learning rate or fewer steps, bounds for the parameters ({ value,"
+            " min, max } in the model file), a shorter time window of the data, or a model"
+            " that stays finite over the data's span",
+        )
     if ckpt is not None:
         ckpt.remove()
     return TrainedUDE(ude=ude, y0=np.asarray(y0s)[first], history=history, config=config)
+
+
+def estimate_states(source: MechanisticFit | TrainedUDE, data: TrajectorySet) -> TrajectorySet:
+    """`data` with every value not measured estimated by a fitted model (a mechanistic fit or a
+    trained UDE) simulated from its initial states; `data` itself when everything is
+    measured. What stages that work on states (smoothing, dense samples, the refit's starts)
+    use in place of data that lack some."""
+    if not data.partial:
+        return data
+    ts = data.padded()[0]
+    if isinstance(source, TrainedUDE):
+        from .distil import simulate_field
+
+        pred, _ = simulate_field(source.ude, source.y0, ts)
+    else:
+        forced = forcing(source.model, data)
+        params = jnp.asarray(source.params)
+        pred, _ = simulate_forced(source.model, params, source.y0, ts, forced)
+    pred = np.asarray(pred)
+    if not np.all(np.isfinite(pred)):
+        raise NumericalError(
+            "the fitted model cannot be integrated over the data's span to estimate the"
+            " states that were not measured",
+            stage="ude" if isinstance(source, TrainedUDE) else "mechanistic",
+            trajectory=data.names[int(np.argmin(np.isfinite(pred).all(axis=(1, 2))))],
+            hint="other guesses or bounds for the parameters and [initial] values ({ value,"
+            " min, max } in the model file), or a shorter time window of the data",
+        )
+    return data.with_states(list(pred))
 
 
 def load_ude(folder: str | Path, model: MechanisticModel, data: TrajectorySet) -> TrainedUDE:
@@ -585,7 +709,9 @@ def load_ude(folder: str | Path, model: MechanisticModel, data: TrajectorySet) -
     )
     y0_like = jnp.zeros((meta["n_trajectories"], len(model.states)))
     ude, y0 = eqx.tree_deserialise_leaves(folder / "ude.eqx", (like, y0_like))
-    return TrainedUDE(ude=ude, y0=np.asarray(y0), history={}, config=config)
+    history = folder / "history.json"
+    history = json.loads(history.read_text()) if history.exists() else {}
+    return TrainedUDE(ude=ude, y0=np.asarray(y0), history=history, config=config)
 
 
 def relative_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -24,13 +24,14 @@ import sympy as sp
 from ._config import Config
 from ._data import TrajectorySet, load_trajectories, state_columns
 from ._errors import InputError
+from ._identify import identifiability_summary
 from ._io import atomic_path, write_json
 from ._latex import equations_latex
 from ._mechanistic import MechanisticFit, fit_mechanistic
 from ._model import MechanisticModel, load_model, no_theory_model
 from ._rundir import run_directory
 from ._smooth import smooth
-from ._ude import TrainedUDE, UDEConfig, train_ude
+from ._ude import TrainedUDE, UDEConfig, estimate_states, train_ude
 from .distil import (
     DenseSamples,
     Selection,
@@ -137,7 +138,12 @@ def load_inputs(
     else:
         model = load_model(model_path)
     data = load_trajectories(
-        data_path, model.states, time=model.time_column, trajectory=model.trajectory_column
+        data_path,
+        model.states,
+        time=model.time_column,
+        trajectory=model.trajectory_column,
+        measured=model.measured_states,
+        observables=model.observables,
     )
     return model, data
 
@@ -185,6 +191,7 @@ def ude_stage(
 def dense_stage(trained: TrainedUDE, data: TrajectorySet, config: DiscoveryConfig) -> DenseSamples:
     """Stage 4: dense states and the network's residual along the learned field, plus the
     smoothed data's states and derivative residuals (the collocation view)."""
+    data = estimate_states(trained, data)  # unmeasured values from the UDE (partial data)
     return dense_samples(
         trained,
         data,
@@ -237,8 +244,12 @@ def selection_stage(
     table: pd.DataFrame,
     data: TrajectorySet,
     config: DiscoveryConfig,
+    trained: TrainedUDE | None = None,
 ) -> Selection:
-    """Stage 6: formulas back into the model, every constant refit, needless terms pruned."""
+    """Stage 6: formulas back into the model, every constant refit, needless terms pruned
+    (values the data lack estimated by the trained UDE, `estimate_states`)."""
+    if trained is not None:
+        data = estimate_states(trained, data)
     return select_and_refit(
         model, fit.params, table, data, fit_initial_state=config.fit_initial_state
     )
@@ -309,6 +320,8 @@ def _holdout_rmse(field, y0s, train: TrajectorySet, test: TrajectorySet) -> np.n
     idx = [train.names.index(n) for n in test.names]
     ts, _, _ = train.padded()
     tts, tys, tmask = test.padded()
+    if test.partial:  # the measured values only
+        tmask = test.padded_channels()[1][..., : len(test.states)]
     full = np.concatenate([ts[idx], tts], axis=1)
     pred, _ = simulate_field(field, np.asarray(y0s)[idx], full)
     return rmse(pred[:, ts.shape[1] :], tys, tmask)
@@ -346,6 +359,8 @@ def evaluate_fields(
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """`evaluation_stage` for any named vector fields (name -> (field, initial states))."""
     ts, ys, mask = train.padded()
+    if train.partial:  # the measured values only
+        mask = train.padded_channels()[1][..., : len(states)]
     grid = _horizon(train, test, config.extrapolate)
     data_max = np.max(np.abs(np.concatenate([tr.y for tr in train.trajectories])), axis=0)
     metrics: dict[str, Any] = {"extrapolation_bounded": {}}
@@ -548,12 +563,14 @@ def findings_stage(
     the evaluation of every model and the summary (`discovered.json`)."""
     tables = [e.table for e in engines if e.unavailable is None and len(e.table)]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    selection = selection_stage(model, fit, table, train, config) if len(table) else None
+    selection = selection_stage(model, fit, table, train, config, trained) if len(table) else None
     if selection is not None:
         log.info("final equations: %s", selection.equations())
     metrics, predictions = evaluation_stage(model, fit, trained, selection, train, test, config)
     unavailable = {e.engine: e.unavailable for e in engines if e.unavailable is not None}
     result = summarise(model, fit, selection, metrics, config, unavailable, ensemble)
+    if train.partial:  # which parameters and unmeasured initial values the data determine
+        result["identifiability"] = identifiability_summary(model, fit, selection, train)
     pareto = pareto_csv(table, selection) if len(table) else pd.DataFrame()
     return Findings(result, pareto, predictions)
 
@@ -680,6 +697,11 @@ def run_loaded(
     """`run_discovery` on inputs already loaded (`sciml.api.discover`: a DataFrame, a model
     from a TOML string or a dict): the same stages and the same files in `out`; `data_source`
     and `model_source` are what `config.json` records as their origin."""
+    if config.ensemble and data.partial:
+        raise InputError(
+            f"{data_source}: --ensemble is not available for partially observed data (states"
+            " not measured or observation equations); run without it"
+        )
     budget = TimeBudget(max_minutes)
     with run_directory(out, clear=RESULT_FILES) as out, run_log(out):
         stages = Stages(show_progress=show_progress, checkpoint=out / "ude-checkpoint")

@@ -39,6 +39,10 @@ def model_field(model: MechanisticModel, params) -> ModelField:
 
 
 def rmse(pred: np.ndarray, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    err = mask[..., None] * np.where(np.isfinite(pred), pred - obs, np.inf)
-    with np.errstate(invalid="ignore"):
-        return np.sqrt(np.nansum(err**2, axis=(0, 1)) / max(mask.sum(), 1))
+    """Per-state RMSE over the samples in `mask` (N, M), or over the measured values in `mask`
+    (N, M, D) (NaN for a state never measured)."""
+    mask = mask if mask.ndim == pred.ndim else mask[..., None]
+    err = mask * np.where(np.isfinite(pred), pred - np.nan_to_num(obs), np.inf)
+    count = np.broadcast_to(mask, pred.shape).sum(axis=(0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.sqrt(np.nansum(err**2, axis=(0, 1)) / count), np.nan)

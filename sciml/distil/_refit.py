@@ -14,7 +14,7 @@ import numpy as np
 import optimistix as optx
 
 from .._data import TrajectorySet
-from .._mechanistic import ParameterTransform, simulate
+from .._mechanistic import ParameterTransform, channel_residuals, pinned_initial, simulate
 from .._model import MechanisticModel
 from .._smooth import smooth
 from ._terms import TermModel
@@ -76,6 +76,8 @@ class Refitter:
         max_steps=2048,
     ):
         self.term_model = term_model
+        if horizon is None and data.partial and data.unmeasured().any():
+            horizon = math.inf  # a piece's free start would rescale an unmeasured state
         if horizon is None:
             horizon = SHOOTING_PERIODS * 2 * math.pi * smooth(data).time_scale()
         shooting = data.segments(horizon)
@@ -86,14 +88,18 @@ class Refitter:
         if shooting.cut:
             later = np.setdiff1d(np.arange(len(shooting.pieces)), shooting.first)
             starts[later] = smooth(data).y[shooting.rows[later]]
-        free = np.ones((len(starts), 1))
+        free = np.ones(starts.shape)
         if not fit_initial_state:
             free[shooting.first] = 0.0
+        free[shooting.first] *= ~pinned_initial(model, data)  # known initial values
         starts, free = jnp.asarray(starts), jnp.asarray(free)
         self._first = shooting.first
-        self._n_free = int(free.sum()) * ys.shape[-1]
+        self._n_free = int(free.sum())
         scale = jnp.asarray(data.state_scale())
-        self.n = int(np.asarray(mask).sum()) * ys.shape[-1]
+        values, seen = (jnp.asarray(a) for a in shooting.pieces.padded_channels())
+        seen = seen * mask[..., None]
+        cscale = jnp.asarray(data.channel_scale())
+        self.n = int(np.asarray(seen).sum())  # the measured values
         self._to_params, self._to_z = _parameter_maps(model)
         self._fit_y0 = fit_initial_state
         to_params = self._to_params
@@ -116,7 +122,7 @@ class Refitter:
                 max_steps=max_steps,
                 adjoint=diffrax.ForwardMode(),
             )
-            r = (mask[..., None] * (pred - ys) / scale).ravel()
+            r = channel_residuals(model, params, ts, pred, values, seen, cscale).ravel()
             return jnp.where(jnp.isfinite(r), r, _FAILED)
 
         solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-10)

@@ -202,7 +202,7 @@ def build_term_model(
             bounds.append((theory and _coefficient_range(model, declared[rest])) or free)
             terms.append(Term(state, rest, origin, pname))
         equations.append(rhs)
-    new = model.with_equations(equations, names, guesses)
+    new = model.with_equations(equations, names, guesses, values=mech_params)
     if np.isfinite(bounds).any():
         clipped = tuple(float(np.clip(g, *b)) for g, b in zip(guesses, bounds))
         new = dataclasses.replace(new, guesses=clipped, bounds=tuple(bounds))

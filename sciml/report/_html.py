@@ -18,6 +18,7 @@ from .._errors import InputError
 from .._io import write_text
 from .._latex import equations_latex
 from . import _figures
+from ._identifiability import identifiability_section
 from ._math import mathml, parse, residual_formula
 from ._run import Run, load_run
 from ._warnings import Finding, findings, selected_rows, state_scale
@@ -607,6 +608,7 @@ def report_html(run: Run) -> str:
         + _equations_section(run)
         + _ensemble_section(run)
         + _fit_section(run)
+        + identifiability_section(run)
         + _residual_section(run)
         + _pareto_section(run)
         + _training_section(run)

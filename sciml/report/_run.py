@@ -130,15 +130,24 @@ def _load_data(config: dict[str, Any], states: list[str], notes: list[str]):
         notes.append("config.json names no data file: the plots show no data points")
         return None
     time, trajectory = "t", "trajectory"
+    measured, observables = None, ()  # partial observation: what the model says is measured
     model_file = config.get("model_file")
     if model_file and Path(model_file).exists():
         try:
             model = load_model(model_file)
             time, trajectory = model.time_column, model.trajectory_column
+            measured, observables = model.measured_states, model.observables
         except InputError as err:
             notes.append(f"model file {model_file} cannot be read ({err})")
     try:
-        return load_trajectories(path, states, time=time, trajectory=trajectory)
+        return load_trajectories(
+            path,
+            states,
+            time=time,
+            trajectory=trajectory,
+            measured=measured,
+            observables=observables,
+        )
     except (InputError, OSError) as err:
         notes.append(f"data file {path} cannot be read ({err}): the plots show no data points")
         return None

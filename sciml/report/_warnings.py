@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from ._identifiability import identifiability_findings, never_measured
 from ._run import Run
 
 POOR_FIT_RATIO = 2.0  # final RMSE over the UDE's
@@ -51,9 +52,12 @@ def _fit_findings(run: Run, suffix: str, where: str) -> list[Finding]:
     metrics = run.discovered.get("metrics", {})
     final, ude = metrics.get(f"final_rmse{suffix}", {}), metrics.get(f"ude_rmse{suffix}", {})
     scale = state_scale(run)
+    unmeasured = never_measured(run)  # no RMSE to give: nothing was measured
     out = []
     for state, value in final.items():
         f, u = _num(value), _num(ude.get(state))
+        if f is None and state in unmeasured:
+            continue
         if f is None:
             out.append(
                 Finding(
@@ -142,6 +146,7 @@ def findings(run: Run) -> list[Finding]:
     out = []
     if isinstance(d.get("partial"), dict):
         out.append(Finding("warning", "Partial results", str(d["partial"].get("reason", ""))))
+    out += identifiability_findings(run)
     out += _fit_findings(run, "", "in the training window")
     out += _fit_findings(run, "_holdout", "on the held-out data")
     bounded = d.get("metrics", {}).get("extrapolation_bounded", {})
