@@ -32,6 +32,9 @@ FUZZ = settings(
 
 NAMES = ("x", "y", "a", "t")
 SYMBOLS = {n: sp.Symbol(n, real=True) for n in NAMES}
+# The walker's JAX evaluation runs in float64 in the library (a model is built first, which
+# switches it on); this file calls it directly, so it switches it on itself.
+sciml.ensure_float64()
 
 
 # --- expressions: a grammar with a reference evaluator -----------------------------------------
