@@ -104,9 +104,16 @@ class Refitter:
         self._fit_y0 = fit_initial_state
         to_params = self._to_params
 
+        # With unmeasured states, the refit keeps what the model file declares known (its
+        # theory terms made of fixed parameters): freed, they trade off against the unmeasured
+        # states and the fit wanders along the family of equally good models.
+        unmeasured = data.partial and bool(data.unmeasured().any())
+        self._known = np.asarray(model.fixed, dtype=bool) & unmeasured
+        known, known_values = jnp.asarray(self._known), jnp.asarray(model.guesses, dtype=float)
+
         def unpack(theta, pmask):
             z, dy0 = theta
-            params = pmask * to_params(z)
+            params = jnp.where(known, known_values, to_params(z)) * pmask
             y0s = starts + free * dy0 * scale
             return params, y0s
 
@@ -158,7 +165,7 @@ class Refitter:
         theta, sse, jz = self._run((z0, dy0), pmask)
         params, y0s = self._unpack(theta, pmask)
         params, sse = np.asarray(params), float(sse)
-        k = int(np.asarray(pmask).sum()) + self._n_free
+        k = int(((np.asarray(pmask) > 0) & ~self._known).sum()) + self._n_free
         # Standard errors from the Jacobian in z at the optimum, cov_z = s² (JᵀJ)⁻¹ (active
         # columns), carried to the parameters by the delta method: se_p = |dp/dz| se_z (the
         # maps are elementwise; a parameter pressed against a bound gets a standard error ~0).

@@ -163,6 +163,7 @@ def build_term_model(
 
     ones = {p: sp.Integer(1) for p in model.parameter_symbols}
     names, guesses, bounds, equations, terms = [], [], [], [], []
+    known, given = [], {p for p, f in zip(model.parameter_symbols, model.fixed) if f}
     free = (-np.inf, np.inf)
     for state, eq in zip(model.states, model.equations):
         declared = _declared_coefficients(model, eq)
@@ -178,6 +179,11 @@ def build_term_model(
         # formula's coefficients cancel (a library term x beside the theory's -x): its
         # coefficient then starts at 0 and the refit moves it.
         merged: dict[sp.Expr, float] = {}
+        formula_forms = (
+            {t.as_coeff_Mul()[1] for t in sp.Add.make_args(sp.expand(parts[-1])) if t != 0}
+            if len(parts) > 1
+            else set()
+        )
         for part in parts:
             for term in sp.Add.make_args(sp.expand(part)):
                 if term != 0:
@@ -192,6 +198,7 @@ def build_term_model(
                 names.append(name)
                 guesses.append(float(f))
                 bounds.append(free)
+                known.append(False)
             pname = fresh(f"c_{state}_{k}")
             names.append(pname)
             guesses.append(float(coeff))
@@ -200,9 +207,14 @@ def build_term_model(
             origin = "theory" if not inner and rest in theory_forms else "discovered"
             theory = origin == "theory" and rest in declared
             bounds.append((theory and _coefficient_range(model, declared[rest])) or free)
+            # `fixed`: a theory term whose coefficient only known parameters make (the refit
+            # keeps it where states are unmeasured, `Refitter`)
+            known.append(
+                theory and rest not in formula_forms and not declared[rest].free_symbols - given
+            )
             terms.append(Term(state, rest, origin, pname))
         equations.append(rhs)
-    new = model.with_equations(equations, names, guesses, values=mech_params)
+    new = model.with_equations(equations, names, guesses, known, values=mech_params)
     if np.isfinite(bounds).any():
         clipped = tuple(float(np.clip(g, *b)) for g, b in zip(guesses, bounds))
         new = dataclasses.replace(new, guesses=clipped, bounds=tuple(bounds))
