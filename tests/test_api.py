@@ -1,8 +1,8 @@
 """The notebook API (`sciml.discover(...)`, `sciml.cnf(...)`, `sciml.classify(...)`, docs/api.md).
 
-One short discovery of the bundled Lotka–Volterra data (quick schedule, SINDy only) is shared by
-the tests that read a result; the other inputs (a dict model, no theory) run on a one-state
-decay whose stages are cheap.
+One short discovery of the bundled Lotka–Volterra data (the quick schedule, SINDy only) is
+shared by the tests that read a result; the other inputs (a dict model, no theory) run on a
+one-state decay whose stages are cheap.
 """
 
 from __future__ import annotations
@@ -140,6 +140,19 @@ def test_no_theory_from_a_file(tmp_path):
     assert "PARTIAL" in repr(found)
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert config["data"] == str(path) and config["model_file"] is None
+
+
+def test_settings_map_onto_the_config():
+    from sciml._ude import UDEConfig
+    from sciml.api import discovery_config
+
+    assert discovery_config() == DiscoveryConfig()
+    quick = discovery_config(quick=True, seed=3, engines="sindy, operon", holdout=0.2)
+    assert quick.ude == UDEConfig().quick() and quick.seed == 3 and quick.holdout == 0.2
+    assert quick.engines == ("sindy", "operon")
+    assert discovery_config(quick=True, ude={"width": 8}).ude == UDEConfig().quick().replace(
+        width=8
+    )
 
 
 def test_bad_settings_and_inputs_are_refused_before_any_file(tmp_path):
