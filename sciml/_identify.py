@@ -162,7 +162,11 @@ def identifiability_summary(
     final = dataclasses.replace(
         tm.model,
         guesses=tuple(np.asarray(refit.params, dtype=float) * pmask),
-        fixed=tuple(bool(m == 0) for m in pmask),
+        # switched off, or (with unmeasured states) kept at the model file's known values
+        fixed=tuple(
+            bool(m == 0) or (bool(known) and bool(data.unmeasured().any()))
+            for m, known in zip(pmask, tm.model.fixed, strict=True)
+        ),
         bounds=(),
     )
     terms = selection.fitted_terms()

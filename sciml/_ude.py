@@ -35,6 +35,7 @@ from ._mechanistic import (
     ParameterTransform,
     channel_residuals,
     forcing,
+    initial_guesses,
     pinned_initial,
     simulate_forced,
 )
@@ -272,11 +273,11 @@ def _make_loss(static, ts, obs, mask, scale, config: UDEConfig):
     `TrajectorySet.padded_channels` and `_pieces` give them; `mask` the samples in play), plus
     the penalty on the network's output. Initial values marked `pinned` (known) are not
     trained."""
-    values, measured, ys, pinned, pinned_values = obs
+    values, measured, ys, pinned, pinned_values, coded = obs
 
     def loss(trainable):
         ude, y0s = eqx.combine(trainable, static)
-        y0s = jnp.where(pinned, pinned_values, y0s)
+        y0s = _initial_states(y0s, pinned, pinned_values, coded)
 
         def one(y0, t):
             return solve(
@@ -294,6 +295,22 @@ def _make_loss(static, ts, obs, mask, scale, config: UDEConfig):
         return jnp.where(jnp.all(ok), value, jnp.inf)
 
     return loss
+
+
+def _initial_states(y0s, pinned, pinned_values, coded):
+    """The pieces' initial states from what is trained: known ones pinned, and the unmeasured
+    ones trained as unconstrained coordinates (`coded` = rows, columns and the
+    `ParameterTransform` of those entries: within their `[initial]` bounds, log-like in size, so
+    that an optimiser's step does not throw a tiny initial value negative)."""
+    rows, cols, kind, scale, lo, hi = coded
+    z = y0s[rows, cols]
+    ez = jnp.exp(jnp.minimum(z, 700.0))
+    decoded = jnp.select(
+        [kind == 0, kind == 1, kind == 2],
+        [scale * jnp.sinh(jnp.clip(z, -700.0, 700.0)), lo + scale * ez, hi - scale * ez],
+        lo + (hi - lo) * jax.nn.sigmoid(z),
+    )
+    return jnp.where(pinned, pinned_values, y0s.at[rows, cols].set(decoded))
 
 
 def _first_order_steps(loss, trainable, opt_state, optimizer, n):
@@ -512,15 +529,26 @@ def train_ude(
     if not config.collocation_steps:
         y0s[first] = fit.y0
     pinned = np.zeros(y0s.shape, dtype=bool)
+    code = np.zeros(y0s.shape, dtype=bool)
+    transform = ParameterTransform.make(np.zeros(0))
     if partial:  # a state never measured starts where the mechanistic fit put it
         unmeasured = obs_data.unmeasured()
         y0s[first] = np.where(unmeasured, fit.y0, y0s[first])
         pinned[first] = pinned_initial(model, obs_data)
+        code[first] = unmeasured & ~pinned[first]
+        bounds = initial_guesses(model, obs_data)[..., 1:3]
+        lo, hi = (bounds[code[first]][:, k] for k in range(2))
+        guess = np.clip(y0s[code], lo, hi)
+        transform = ParameterTransform.make(guess, lo, hi)
+        y0s[code] = np.asarray(transform.to_z(jnp.asarray(guess)))
+    rows, cols = np.nonzero(code)
+    lo_f, hi_f = transform._finite_bounds()
     obs = (
         *(jnp.asarray(a) for a in shooting.pieces.padded_channels()),
         ys,
         jnp.asarray(pinned),
         jnp.asarray(y0s),
+        tuple(jnp.asarray(a) for a in (rows, cols, transform.kind, transform.scale, lo_f, hi_f)),
     )
     y0s = jnp.asarray(y0s)
     # Collocation on the states measured at (nearly) every sample; the others' derivatives
@@ -655,7 +683,7 @@ def train_ude(
             progress(label, sum(m for *_, m, _ in plan[: k + 1]), total, float(values[-1]))
     trainable = state.best if history["lbfgs"] else state.trainable
     ude, y0s = eqx.combine(trainable, static)
-    y0s = jnp.where(obs[3], obs[4], y0s)
+    y0s = _initial_states(y0s, *obs[3:])
     leaves = jax.tree.leaves(eqx.filter(ude, eqx.is_inexact_array))
     if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves):
         raise NumericalError(
