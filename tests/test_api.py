@@ -106,7 +106,7 @@ def test_report_repr_and_html(lv, tmp_path):
     assert "<math" in found._repr_html_()
 
 
-def test_dict_model_and_trajectory_set_in_memory():
+def test_dict_model_and_trajectory_set_in_memory(tmp_path):
     """A model as a dict and the data as a TrajectorySet, no run folder kept. The rate is
     declared known and there is no residual: no stage but the mechanistic one has work (the
     stages themselves are tested elsewhere)."""
@@ -125,6 +125,8 @@ def test_dict_model_and_trajectory_set_in_memory():
     assert found.table().empty and list(found.table().columns)[:2] == ["state", "term"]
     assert found.latex["x"] == "\\frac{d x}{d t} = - 0.5 x"
     assert "not kept" in repr(found) and "k=0.5" in repr(found)
+    text = found.report(tmp_path / "r.html").read_text()  # the folder is gone; the report not
+    assert "not kept (in memory)" in text and "\\frac{d x}{d t} = - 0.5 x" in text
 
 
 def test_no_theory_from_a_file(tmp_path):

@@ -141,7 +141,7 @@ def _run_section(run: Run) -> str:
     engines = run.discovered.get("engines") or {}
     unavailable = engines.get("unavailable") or {}
     rows = [
-        ("run folder", _e(run.path.resolve())),
+        ("run folder", _e(run.path.resolve()) if run.path.is_dir() else "not kept (in memory)"),
         ("finished", _e(_finished(run))),
         ("data file", f"<code>{_e(c.get('data', '—'))}</code>"),
         ("model file", f"<code>{_e(c.get('model_file') or 'none (no theory)')}</code>"),

@@ -1,8 +1,10 @@
 """Symbolic distillation: formulas for the neural residual of a universal differential equation.
 
-Engines follow sklearn's estimator contract (`__init__` stores settings, `fit(X, y, *,
-feature_names)` validates and returns self, fitted attributes end in `_`) and all produce one
-candidate table in PySR's `equations_` shape, `equations_`:
+Engines are scikit-learn regressors (`__init__` stores settings, `fit(X, y)` validates and
+returns self, fitted attributes end in `_`; sklearn's estimator checks pass, so `clone`,
+pipelines and `cross_val_score` work). Features are named by `fit(..., feature_names=...)`, a
+DataFrame's columns, or `x0, x1, ...`. All produce one candidate table in PySR's `equations_`
+shape, `equations_`:
 
 - `complexity` (int, `expression_complexity`: nodes of the SymPy tree, the same for all engines),
 - `loss` (float, mean squared error on the fitted data),
