@@ -57,6 +57,7 @@ def test_discover_finds_the_bundled_missing_terms(lv):
     found, out = lv
     assert isinstance(found, sciml.Discovery)
     assert jax.config.read("jax_enable_x64")  # the library switched to float64 where it needs it
+    assert (found.predictions[["x", "y"]].dtypes == np.float64).all()  # simulated in float64
     exprs = found.to_sympy()
     # -0.9xy and +0.8xy (the data's truth), found from 21 noisy points
     assert abs(_coefficient(exprs["x"], "x*y") / -0.9 - 1) < 0.1, found.equations
