@@ -350,6 +350,31 @@ def evaluation_stage(
     return evaluate_fields(models, model.states, train, test, config)
 
 
+def _largest(data: TrajectorySet) -> np.ndarray:
+    """Each state's largest absolute measured value (inf for a state never measured)."""
+    if not data.partial:
+        return np.max(np.abs(np.concatenate([tr.y for tr in data.trajectories])), axis=0)
+    values, mask = data.padded_channels()
+    d = len(data.states)
+    largest = np.max(np.where(mask[..., :d] > 0, np.abs(values[..., :d]), -np.inf), axis=(0, 1))
+    return np.where(np.isfinite(largest), largest, np.inf)
+
+
+def _observation_rmse(field: Any, pred: np.ndarray, data: TrajectorySet) -> dict[str, float]:
+    """RMSE of every observation equation's column for a field's simulated states `pred`."""
+    from ._mechanistic import predicted_channels
+
+    params = field.mechanistic_params() if hasattr(field, "mechanistic_params") else field.params
+    values, mask = data.padded_channels()
+    d = len(data.states)
+    ok = np.isfinite(pred).all(axis=-1, keepdims=True)
+    chan = np.asarray(
+        predicted_channels(field.model, params, data.padded()[0], np.nan_to_num(pred))
+    )[..., d:]
+    chan = np.where(ok, chan, np.inf)
+    return dict(zip(data.observables, rmse(chan, values[..., d:], mask[..., d:]).tolist()))
+
+
 def evaluate_fields(
     models: dict[str, tuple[Any, np.ndarray]],
     states: Sequence[str],
@@ -362,12 +387,14 @@ def evaluate_fields(
     if train.partial:  # the measured values only
         mask = train.padded_channels()[1][..., : len(states)]
     grid = _horizon(train, test, config.extrapolate)
-    data_max = np.max(np.abs(np.concatenate([tr.y for tr in train.trajectories])), axis=0)
+    data_max = _largest(train)
     metrics: dict[str, Any] = {"extrapolation_bounded": {}}
     dense: dict[str, np.ndarray] = {}
     for name, (field, y0s) in models.items():
         pred, _ = simulate_field(field, y0s, ts)
         metrics[f"{name}_rmse"] = dict(zip(states, rmse(pred, ys, mask).tolist()))
+        if train.observables:  # and of every observation equation's column
+            metrics[f"{name}_rmse"].update(_observation_rmse(field, pred, train))
         if test is not None:
             err = _holdout_rmse(field, y0s, train, test)
             metrics[f"{name}_rmse_holdout"] = dict(zip(states, err.tolist()))

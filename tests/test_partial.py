@@ -237,6 +237,13 @@ def test_observation_equation_parameters_fitted():
     assert abs(fit.y0[0, 0] / 0.05 - 1) < 0.1
     report = identifiability(model, fit.params, fit.y0, data)
     assert report["parameters"]["rho"]["status"] == "determined"
+    # the run's metrics: RMSE of the measured column, none for the state never measured
+    from sciml.discover import DiscoveryConfig, evaluation_stage
+
+    metrics, _ = evaluation_stage(model, fit, None, None, data, None, DiscoveryConfig())
+    assert np.isnan(metrics["mechanistic_rmse"]["x"])
+    assert 0 < metrics["mechanistic_rmse"]["cases"] < 0.05 * counts.max()
+    assert metrics["extrapolation_bounded"]["mechanistic"]
 
 
 def test_states_measured_at_different_times():
