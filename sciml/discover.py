@@ -724,11 +724,6 @@ def run_loaded(
     """`run_discovery` on inputs already loaded (`sciml.api.discover`: a DataFrame, a model
     from a TOML string or a dict): the same stages and the same files in `out`; `data_source`
     and `model_source` are what `config.json` records as their origin."""
-    if config.ensemble and data.partial:
-        raise InputError(
-            f"{data_source}: --ensemble is not available for partially observed data (states"
-            " not measured or observation equations); run without it"
-        )
     budget = TimeBudget(max_minutes)
     with run_directory(out, clear=RESULT_FILES) as out, run_log(out):
         stages = Stages(show_progress=show_progress, checkpoint=out / "ude-checkpoint")
@@ -839,6 +834,11 @@ def orchestrate(
     """The discovery pipeline, stage by stage (`stages` says how each runs), into `out`:
     `config.json` first, then the UDE and dense samples as they are made, the result files and
     `run.json` (every stage's seconds), `discovered.json` last (docs/outputs.md)."""
+    if config.ensemble and data.partial:
+        raise InputError(
+            f"{data.source}: --ensemble is not available for partially observed data (states"
+            " not measured or observation equations); run without it"
+        )
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
