@@ -345,3 +345,18 @@ def test_ude_keeps_declared_bounds_and_says_what_to_try():
     broken = dataclasses.replace(fit, params=np.array([np.nan, 1.8]))
     with pytest.raises(sciml.NumericalError, match=r"\[ude\].*; try .*bounds"):
         train_ude(broken, data, key=jax.random.key(1), config=TINY, optimizer=ADAM)
+
+
+def test_ensemble_is_refused_on_partial_data(tmp_path):
+    from sciml._errors import InputError
+    from sciml.discover import run_discovery
+
+    with pytest.raises(InputError, match="--ensemble is not available"):
+        run_discovery(
+            "data/food_chain/food_chain.csv",
+            "data/food_chain/model.toml",
+            tmp_path / "out",
+            ensemble=2,
+            show_progress=False,
+        )
+    assert not (tmp_path / "out" / "discovered.json").exists()
