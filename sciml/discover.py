@@ -776,10 +776,9 @@ class Stages:
         self.show_progress = show_progress
         self.checkpoint = checkpoint
 
-    def mechanistic(
-        self, model: MechanisticModel, train: TrajectorySet, config: DiscoveryConfig
-    ) -> MechanisticFit:
-        return mechanistic_stage(model, train, config)
+    mechanistic = staticmethod(mechanistic_stage)
+    dense = staticmethod(dense_stage)
+    findings = staticmethod(findings_stage)
 
     def ude(self, fit: MechanisticFit, train: TrajectorySet, config: DiscoveryConfig) -> TrainedUDE:
         if not self.show_progress:
@@ -787,11 +786,6 @@ class Stages:
         bar, callback = rich_progress()
         with bar:
             return ude_stage(fit, train, config, callback, self.checkpoint)
-
-    def dense(
-        self, trained: TrainedUDE, train: TrajectorySet, config: DiscoveryConfig
-    ) -> DenseSamples:
-        return dense_stage(trained, train, config)
 
     def engine(self, dense: DenseSamples, engine: str, config: DiscoveryConfig) -> EngineCandidates:
         table, reason = symbolic_stage(dense, engine, config)
@@ -806,19 +800,6 @@ class Stages:
         config: DiscoveryConfig,
     ) -> dict[str, Any]:
         return ensemble_stage(model, fit, train, config.replace(engines=tuple(engines)))
-
-    def findings(
-        self,
-        model: MechanisticModel,
-        fit: MechanisticFit,
-        trained: TrainedUDE | None,
-        engines: Sequence[EngineCandidates],
-        ensemble: dict[str, Any] | None,
-        train: TrajectorySet,
-        test: TrajectorySet | None,
-        config: DiscoveryConfig,
-    ) -> Findings:
-        return findings_stage(model, fit, trained, engines, ensemble, train, test, config)
 
 
 def orchestrate(
