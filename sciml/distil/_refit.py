@@ -109,7 +109,9 @@ class Refitter:
         # states and the fit wanders along the family of equally good models.
         unmeasured = data.partial and bool(data.unmeasured().any())
         self._known = np.asarray(model.fixed, dtype=bool) & unmeasured
-        known, known_values = jnp.asarray(self._known), jnp.asarray(model.guesses, dtype=float)
+        declared = np.asarray(term_model.known_values or model.guesses, dtype=float)
+        known = jnp.asarray(self._known)
+        known_values = jnp.asarray(np.where(self._known, declared, 0.0))
 
         def unpack(theta, pmask):
             z, dy0 = theta

@@ -38,6 +38,9 @@ class TermModel:
 
     model: MechanisticModel
     terms: tuple[Term, ...]
+    # per parameter: the declared model's value of a term that only known (fixed) parameters
+    # make, NaN elsewhere; `model.fixed` marks them (`Refitter` keeps them with unmeasured states)
+    known_values: tuple[float, ...] = ()
 
     def coefficient_index(self) -> np.ndarray:
         """Position in a parameter vector of each term's coefficient."""
@@ -164,6 +167,7 @@ def build_term_model(
     ones = {p: sp.Integer(1) for p in model.parameter_symbols}
     names, guesses, bounds, equations, terms = [], [], [], [], []
     known, given = [], {p for p, f in zip(model.parameter_symbols, model.fixed) if f}
+    known_values: list[float] = []
     free = (-np.inf, np.inf)
     for state, eq in zip(model.states, model.equations):
         declared = _declared_coefficients(model, eq)
@@ -179,11 +183,6 @@ def build_term_model(
         # formula's coefficients cancel (a library term x beside the theory's -x): its
         # coefficient then starts at 0 and the refit moves it.
         merged: dict[sp.Expr, float] = {}
-        formula_forms = (
-            {t.as_coeff_Mul()[1] for t in sp.Add.make_args(sp.expand(parts[-1])) if t != 0}
-            if len(parts) > 1
-            else set()
-        )
         for part in parts:
             for term in sp.Add.make_args(sp.expand(part)):
                 if term != 0:
@@ -199,6 +198,7 @@ def build_term_model(
                 guesses.append(float(f))
                 bounds.append(free)
                 known.append(False)
+                known_values.append(np.nan)
             pname = fresh(f"c_{state}_{k}")
             names.append(pname)
             guesses.append(float(coeff))
@@ -208,14 +208,14 @@ def build_term_model(
             theory = origin == "theory" and rest in declared
             bounds.append((theory and _coefficient_range(model, declared[rest])) or free)
             # `fixed`: a theory term whose coefficient only known parameters make (the refit
-            # keeps it where states are unmeasured, `Refitter`)
-            known.append(
-                theory and rest not in formula_forms and not declared[rest].free_symbols - given
-            )
+            # keeps it at the declared value where states are unmeasured, `Refitter`: a
+            # formula's term of the same form is then dropped)
+            known.append(theory and not declared[rest].free_symbols - given)
+            known_values.append(float(declared[rest].xreplace(subs)) if known[-1] else np.nan)
             terms.append(Term(state, rest, origin, pname))
         equations.append(rhs)
     new = model.with_equations(equations, names, guesses, known, values=mech_params)
     if np.isfinite(bounds).any():
         clipped = tuple(float(np.clip(g, *b)) for g, b in zip(guesses, bounds))
         new = dataclasses.replace(new, guesses=clipped, bounds=tuple(bounds))
-    return TermModel(new, tuple(terms))
+    return TermModel(new, tuple(terms), tuple(known_values))
