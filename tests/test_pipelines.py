@@ -395,7 +395,7 @@ def quick_params(out: Path, results: Path) -> DiscoverParams:
 
 
 @pytest.mark.slow
-def test_discover_end_to_end(prefect_harness, shared_results, tmp_path):
+def test_discover_end_to_end(prefect_harness, frozen_library, shared_results, tmp_path):
     """Every stage of the discovery flow; a second run reuses the cached stages."""
     from pipelines.flows import discover
 
