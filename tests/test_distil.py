@@ -232,6 +232,35 @@ def test_pruning_drops_spurious_terms_and_keeps_the_true_ones():
     assert mask[forced] and ("x", "y**2") not in {(p["state"], p["term"]) for p in pruned}
 
 
+def test_pruning_is_bounded_by_its_patience():
+    """Every trial is a refit through the ODE: a rejected term is never tried again, and
+    `PATIENCE` rejections in a row end the pruning (no retrying every term after a removal)."""
+    from types import SimpleNamespace
+
+    from sciml.distil import _prune
+
+    n = 12
+    terms = [SimpleNamespace(origin="discovered", state="x", form=f"t{i}") for i in range(n)]
+    # significance |coef / stderr| = i + 1: term 0 is tried first; only terms 0 and 3 are spurious
+    coef = np.arange(1.0, n + 1)
+    tm = SimpleNamespace(terms=terms, coefficients=lambda values: np.asarray(values))
+    tried = []
+
+    class Refitter:
+        def fit(self, mask, start=None, y0=None):
+            tried.append(mask.index(False) if mask.count(False) == 1 else mask)
+            spurious_only = all(mask[i] or i in (0, 3) for i in range(n))
+            bic = 100.0 - (n - sum(mask)) if spurious_only else 200.0
+            return SimpleNamespace(params=coef, stderr=np.ones(n), y0=None, bic=bic, ok=True)
+
+    start = SimpleNamespace(params=coef, stderr=np.ones(n), y0=None, bic=100.0, ok=True)
+    _, mask, pruned = _prune.prune_terms(tm, Refitter(), start, [True] * n)
+    assert [p["term"] for p in pruned] == ["t0", "t3"]
+    assert not mask[0] and not mask[3] and sum(mask) == n - 2
+    # t0 removed; t1, t2 rejected; t3 removed; then PATIENCE rejections in a row: stop
+    assert len(tried) == 2 + 2 + _prune.PATIENCE
+
+
 # -- candidate search -----------------------------------------------------------------------------
 def candidates_table(model) -> pd.DataFrame:
     """A hand-made engines' table for the residuals -B x y (state x) and C x y (state y)."""
