@@ -297,28 +297,7 @@ def model_from_dict(doc: Mapping[str, Any], source: str = "<memory>") -> Mechani
         _check_name(name, where, "parameter")
         if name in states:
             raise ModelFileError(f"{where}: parameter has the same name as a state")
-        lo, hi = -np.inf, np.inf
-        if isinstance(spec, Mapping):
-            unknown = sorted(set(spec) - {"value", "fixed", "min", "max"}, key=str)
-            if unknown or "value" not in spec:
-                raise ModelFileError(
-                    f"{where}: a parameter table takes `value` and optional `fixed`, `min`,"
-                    f" `max` (got keys {sorted(spec, key=str)})"
-                )
-            is_fixed = spec.get("fixed", False)
-            if not isinstance(is_fixed, bool):
-                raise ModelFileError(f"{where}.fixed: expected true or false")
-            value = _finite_number(spec["value"], f"{where}.value")
-            lo = _finite_number(spec["min"], f"{where}.min") if "min" in spec else lo
-            hi = _finite_number(spec["max"], f"{where}.max") if "max" in spec else hi
-            if not lo < hi:
-                raise ModelFileError(f"{where}: min ({lo:g}) must be below max ({hi:g})")
-            if not lo <= value <= hi:
-                raise ModelFileError(
-                    f"{where}.value: {value:g} is outside [min, max] = [{lo:g}, {hi:g}]"
-                )
-        else:
-            value, is_fixed = _finite_number(spec, where), False
+        value, lo, hi, is_fixed = _bounded_value(spec, where, "a parameter table")
         names.append(name)
         guesses.append(value)
         fixed.append(is_fixed)
@@ -469,30 +448,33 @@ def _initial_section(raw, states, measured, source):
                 f"{key}: {state!r} is measured (its initial value comes from the data); only"
                 " states missing from [observed] states take an [initial] value"
             )
-        lo, hi, fixed = -np.inf, np.inf, False
-        if isinstance(spec, Mapping):
-            unknown = sorted(set(spec) - {"value", "min", "max", "fixed"}, key=str)
-            if unknown or "value" not in spec:
-                raise ModelFileError(
-                    f"{key}: takes `value` and optional `min`, `max`, `fixed` (got keys"
-                    f" {sorted(spec, key=str)})"
-                )
-            fixed = spec.get("fixed", False)
-            if not isinstance(fixed, bool):
-                raise ModelFileError(f"{key}.fixed: expected true or false")
-            value = _finite_number(spec["value"], f"{key}.value")
-            lo = _finite_number(spec["min"], f"{key}.min") if "min" in spec else lo
-            hi = _finite_number(spec["max"], f"{key}.max") if "max" in spec else hi
-            if not lo < hi:
-                raise ModelFileError(f"{key}: min ({lo:g}) must be below max ({hi:g})")
-            if not lo <= value <= hi:
-                raise ModelFileError(
-                    f"{key}.value: {value:g} is outside [min, max] = [{lo:g}, {hi:g}]"
-                )
-        else:
-            value = _finite_number(spec, key)
+        value, lo, hi, fixed = _bounded_value(spec, key, "an initial value")
         out.append((state, value, lo, hi, fixed))
     return tuple(sorted(out, key=lambda row: states.index(row[0])))
+
+
+def _bounded_value(spec: Any, where: str, what: str) -> tuple[float, float, float, bool]:
+    """A number, or a table `{ value, min, max, fixed }` (all but `value` optional): returns
+    `(value, min, max, fixed)`, infinite bounds where none are given."""
+    if not isinstance(spec, Mapping):
+        return _finite_number(spec, where), -np.inf, np.inf, False
+    unknown = sorted(set(spec) - {"value", "fixed", "min", "max"}, key=str)
+    if unknown or "value" not in spec:
+        raise ModelFileError(
+            f"{where}: {what} takes `value` and optional `fixed`, `min`, `max` (got keys"
+            f" {sorted(spec, key=str)})"
+        )
+    fixed = spec.get("fixed", False)
+    if not isinstance(fixed, bool):
+        raise ModelFileError(f"{where}.fixed: expected true or false")
+    value = _finite_number(spec["value"], f"{where}.value")
+    lo = _finite_number(spec["min"], f"{where}.min") if "min" in spec else -np.inf
+    hi = _finite_number(spec["max"], f"{where}.max") if "max" in spec else np.inf
+    if not lo < hi:
+        raise ModelFileError(f"{where}: min ({lo:g}) must be below max ({hi:g})")
+    if not lo <= value <= hi:
+        raise ModelFileError(f"{where}.value: {value:g} is outside [min, max] = [{lo:g}, {hi:g}]")
+    return value, lo, hi, fixed
 
 
 def load_model(path: str | os.PathLike[str]) -> MechanisticModel:

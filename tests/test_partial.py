@@ -78,7 +78,7 @@ BAD_SECTIONS = {
     ),
     "initial_key": (
         {"observed": {"states": ["x"]}, "initial": {"y": {"value": 1, "prior": 2}}},
-        "initial.y: takes `value`",
+        "initial.y: an initial value takes `value`",
     ),
 }
 
