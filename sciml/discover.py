@@ -751,10 +751,12 @@ def describe_inputs(
     def digest(source: str | Path | None, fallback: Any) -> str:
         return file_digest(source) if is_file(source) else json_digest(fallback)
 
-    data_text = str(Path(data_source).resolve()) if is_file(data_source) else str(data_source)
+    def where(source: str | Path) -> str:  # a file by its absolute path
+        return str(Path(source).resolve()) if is_file(source) else str(source)
+
     return {
-        "data": data_text,
-        "model": None if model_source is None else str(model_source),
+        "data": where(data_source),
+        "model": None if model_source is None else where(model_source),
         "data_sha256": digest(data_source, [tr.y.tolist() for tr in data.trajectories]),
         "model_sha256": (
             "no-theory" if model_source is None else digest(model_source, model.describe())
