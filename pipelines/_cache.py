@@ -39,7 +39,13 @@ LOCKS = ".locks"  # one lock file per key while a run computes it
 
 # Settings that do not change a stage's result: left out of its key.
 NOT_IN_KEY = frozenset({"engines"})
-NOT_IN_STAGE_KEY = {"mechanistic-fit": frozenset({"ude"})}
+# The ensemble's size changes only the stages that use it (the ensemble and the selection).
+NOT_IN_STAGE_KEY = {
+    "mechanistic-fit": frozenset({"ude", "ensemble"}),
+    "ude-training": frozenset({"ensemble"}),
+    "dense-sampling": frozenset({"ensemble"}),
+    "symbolic-regression": frozenset({"ensemble"}),
+}
 # Parameters that are not inputs of the computation.
 NOT_INPUTS = frozenset({"results", "timings"})
 # Packages whose versions change numerical results.

@@ -89,8 +89,12 @@ def test_stage_key_sees_content_settings_and_upstream():
     assert k == key(config=dict(config))
     # the same contents elsewhere, another results folder, timings: the same key
     assert k == key(inputs=_inputs(folder="/elsewhere"), results="/other", timings={"x": 1.0})
-    # which engines run does not change the UDE
+    # which engines run, or an ensemble beside the run, does not change the UDE
     assert k == key(config={**config, "engines": ["pysr"]})
+    assert k == key(config={**config, "ensemble": 8})
+    assert key("selection-and-refit") != key(
+        "selection-and-refit", config={**config, "ensemble": 8}
+    )
     assert k != key(inputs=_inputs(data_sha="e" * 64))
     assert k != key(inputs=_inputs(model_sha="n" * 64))
     changed = {**config, "ude": {**config["ude"], "adam_steps": 21}}
