@@ -34,9 +34,10 @@ test-deps:
 test: $(STAMP) test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	# Two worker processes (pytest-xdist), one test file at a time each: the file's module
-	# fixtures (a trained UDE, a finished run) are made once, and neither process lives through
-	# every test (in one process XLA's CPU compiler once crashed after a few hundred compilations).
+	# Two worker processes (pytest-xdist), one test file at a time each, so a file's module
+	# fixtures (a trained UDE, a finished run) are made once. tests/conftest.py drops JAX's
+	# compiled programs after each file: each keeps memory mappings, and a long-lived process
+	# reached vm.max_map_count, where XLA's compiler aborts.
 	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
 
 lint: $(STAMP)

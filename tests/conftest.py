@@ -27,6 +27,34 @@ def pytest_configure(config):
     setup_logging()
 
 
+#: Mappings of this process above which JAX's compiled programs are dropped after a test.
+MAX_MAPPINGS = 20_000
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs once this process holds many memory mappings. Every program
+    XLA compiles for the CPU keeps a few mappings while it is cached; a test process compiling
+    tens of thousands reached Linux's `vm.max_map_count` (65,530 by default), where XLA's
+    compiler aborts the process (SIGABRT inside `backend_compile_and_load`, no message)."""
+    yield
+    if "jax" in sys.modules and _mappings() > MAX_MAPPINGS:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
+
+
+def _mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API for the whole session (starting one costs ~10 s)."""
