@@ -391,16 +391,23 @@ def discovery_run(run: dict[str, Any]) -> dict[str, Any]:
 
     _quiet_expected_failures()  # a Dask worker's console: the sweep reports failures once
     t = time.perf_counter()
-    result = run_discovery(
-        run["data"],
-        run["model"],
-        run["out"],
-        seed=run["seed"],
-        engines=tuple(run["engines"]),
-        quick=run["quick"],
-        holdout=run["holdout"],
-        show_progress=False,
-    )
+    try:
+        result = run_discovery(
+            run["data"],
+            run["model"],
+            run["out"],
+            seed=run["seed"],
+            engines=tuple(run["engines"]),
+            quick=run["quick"],
+            holdout=run["holdout"],
+            show_progress=False,
+        )
+    finally:
+        import jax
+
+        # A worker process runs many discoveries: its compiled programs would pile up until
+        # the process runs out of memory mappings (vm.max_map_count), where XLA aborts.
+        jax.clear_caches()
     report = _render_report(result["out"])
     return {
         "out": result["out"],
