@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,16 +81,17 @@ def test_two_runs_at_once_into_different_folders(tmp_path):
         assert result["parameters"]["alpha"] == pytest.approx(1.3, rel=0.05)
     for o in outs:
         assert not (o / LOCK).exists()
-        assert json.loads((o / "config.json").read_text())["data"] == DATA
+        assert json.loads((o / "config.json").read_text())["data"] == str(Path(DATA).resolve())
 
 
 def test_transient_failure_is_retried_and_the_flow_completes(prefect_harness, monkeypatch):
     from prefect import flow
 
     import pipelines.tasks as tasks
+    import sciml._fingerprint as fingerprint
 
     calls = {"n": 0}
-    real = tasks.file_digest
+    real = fingerprint.file_digest
 
     def flaky(path):
         calls["n"] += 1
@@ -97,7 +99,7 @@ def test_transient_failure_is_retried_and_the_flow_completes(prefect_harness, mo
             raise OSError("transient: disk busy")  # injected
         return real(path)
 
-    monkeypatch.setattr(tasks, "file_digest", flaky)
+    monkeypatch.setattr(fingerprint, "file_digest", flaky)
     monkeypatch.setattr(tasks.ingest, "retry_delay_seconds", [0, 0])
 
     @flow

@@ -128,9 +128,19 @@ def test_non_finite_loss_never_reaches_the_parameters():
     model = sciml.load_model("data/lotka_volterra/model.toml")
     data = sciml.load_trajectories("data/lotka_volterra/lotka_volterra.csv", model.states)
     ude = init_ude(model, model.guesses, data, key=jax.random.key(0))
+    from sciml._mechanistic import ParameterTransform
+
     ts, ys, mask = (jnp.asarray(a) for a in data.padded())
-    ys = ys.at[0, 5, 0].set(jnp.nan)
+    values, measured = (jnp.asarray(a) for a in data.padded_channels())
+    values = values.at[0, 5, 0].set(jnp.nan)
     y0s = ys[:, 0, :]
+    # what train_ude passes for fully measured data: no initial value pinned or transformed
+    none = ParameterTransform.make(np.zeros(0))
+    empty = np.zeros(0, dtype=int)
+    coded = tuple(
+        jnp.asarray(a) for a in (empty, empty, none.kind, none.scale, *none._finite_bounds())
+    )
+    obs = (values, measured, ys, jnp.zeros(y0s.shape, dtype=bool), y0s, coded)
     trainable, static = eqx.partition((ude, y0s), eqx.is_inexact_array)
     opt = optax.adam(1e-2)
     after, _, values = _adam_chunk(
@@ -138,7 +148,7 @@ def test_non_finite_loss_never_reaches_the_parameters():
         static,
         opt.init(trainable),
         ts,
-        ys,
+        obs,
         mask,
         jnp.ones(2),
         optimizer=opt,
