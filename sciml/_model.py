@@ -493,13 +493,20 @@ def load_model(path: str | os.PathLike[str]) -> MechanisticModel:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ModelFileError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    return model_from_toml(text, source=str(path))
+
+
+def model_from_toml(text: str, source: str = "<TOML string>") -> MechanisticModel:
+    """A model from the text of a model file (docs/model-file.md); `source` names it in errors."""
+    if len(text.encode()) > MAX_MODEL_BYTES:
+        raise ModelFileError(f"{source}: model larger than {MAX_MODEL_BYTES} bytes")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ModelFileError(f"{path}: TOML syntax error: {err}") from None
+        raise ModelFileError(f"{source}: TOML syntax error: {err}") from None
     except RecursionError:
-        raise ModelFileError(f"{path}: TOML nested too deeply") from None
-    return model_from_dict(doc, source=str(path))
+        raise ModelFileError(f"{source}: TOML nested too deeply") from None
+    return model_from_dict(doc, source=source)
 
 
 def no_theory_model(

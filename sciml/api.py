@@ -16,7 +16,6 @@ import html
 import os
 import shutil
 import tempfile
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ import pandas as pd
 import sympy as sp
 
 from ._data import TrajectorySet
-from ._errors import InputError, ModelFileError
+from ._errors import InputError
 from ._io import atomic_path, write_text
 from ._latex import equation_expressions, equations_latex
-from ._model import MAX_MODEL_BYTES, MechanisticModel, load_model, model_from_dict
+from ._model import MechanisticModel, load_model, model_from_dict, model_from_toml
 from ._precision import ensure_float64
 
 DATA_FILE = "input.parquet"  # a DataFrame or TrajectorySet, saved into the run folder
@@ -79,19 +78,6 @@ def discovery_config(**settings: Any):
 def _is_toml_text(model: str) -> bool:
     """A string is TOML text when it has a line break or starts with a table (`[model]`)."""
     return "\n" in model or model.lstrip().startswith("[")
-
-
-def model_from_toml(text: str, source: str = "<TOML string>") -> MechanisticModel:
-    """A model from the text of a model file (docs/model-file.md)."""
-    if len(text.encode()) > MAX_MODEL_BYTES:
-        raise ModelFileError(f"{source}: model larger than {MAX_MODEL_BYTES} bytes")
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ModelFileError(f"{source}: TOML syntax error: {err}") from None
-    except RecursionError:
-        raise ModelFileError(f"{source}: TOML nested too deeply") from None
-    return model_from_dict(doc, source=source)
 
 
 def _model(model: Any) -> tuple[MechanisticModel | None, Path | None]:
