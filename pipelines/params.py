@@ -20,25 +20,34 @@ class _Params(BaseModel):
 
 
 class UDESettings(_Params):
-    """Overrides of the UDE training settings (`sciml._ude.UDEConfig`); unset means default."""
+    """Overrides of the UDE training settings (`sciml.UDEConfig`); unset means default.
 
-    width: int | None = Field(None, ge=1, le=1024)
-    depth: int | None = Field(None, ge=1, le=16)
-    windows: tuple[float, ...] | None = Field(None, min_length=1)
-    adam_steps: int | None = Field(None, ge=0)
-    lbfgs_steps: int | None = Field(None, ge=0)
-    learning_rate: float | None = Field(None, gt=0)
-    penalty: float | None = Field(None, ge=0)
-    chunk: int | None = Field(None, ge=1)
-    collocation_steps: int | None = Field(None, ge=0)
-    patience: int | None = Field(None, ge=1)
+    The fields only describe the settings for Prefect's forms: `UDEConfig` validates them, and
+    its message (naming the field) is the validation error.
+    """
 
-    @field_validator("windows")
-    @classmethod
-    def _windows(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if v is not None and (any(not 0 < w <= 1 for w in v) or list(v) != sorted(v)):
-            raise ValueError("windows: increasing fractions in (0, 1]")
-        return v
+    width: int | None = Field(None, description="hidden units per layer of the network")
+    depth: int | None = Field(None, description="hidden layers of the network")
+    windows: tuple[float, ...] | None = Field(
+        None, description="growing fractions of each trajectory's span, one Adam phase each"
+    )
+    adam_steps: int | None = Field(None, description="Adam steps per window, at most")
+    lbfgs_steps: int | None = Field(None, description="L-BFGS polish steps, at most")
+    learning_rate: float | None = None
+    penalty: float | None = Field(None, description="weight of the network's output size")
+    chunk: int | None = Field(None, description="optimiser steps compiled into one call")
+    collocation_steps: int | None = Field(None, description="derivative-matching warm start")
+    patience: int | None = Field(None, description="chunks without improvement before a stop")
+
+    @model_validator(mode="after")
+    def _valid(self) -> UDESettings:
+        from sciml import InputError, UDEConfig
+
+        try:
+            UDEConfig().replace(**self.overrides())
+        except InputError as err:
+            raise ValueError(str(err)) from None
+        return self
 
     def overrides(self) -> dict:
         return self.model_dump(exclude_none=True)

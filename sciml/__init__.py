@@ -34,7 +34,7 @@ from ._expr import parse_expression
 from ._mechanistic import MechanisticFit, fit_mechanistic, simulate
 from ._model import MechanisticModel, load_model, model_from_dict
 from ._precision import ensure_float64
-from ._ude import load_ude
+from ._ude import UDEConfig, load_ude
 from .api import Classification, DensityFit, Discovery
 
 __version__ = "0.1.0"
@@ -69,6 +69,7 @@ __all__ = [
     "OutputDirError",
     "Trajectory",
     "TrajectorySet",
+    "UDEConfig",
     "api",
     "classify",
     "cnf",

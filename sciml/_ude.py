@@ -108,6 +108,10 @@ class UDE(eqx.Module):
         return self.model.vector_field(t, y, self.mechanistic_params()) + self.residual(y)
 
 
+#: Size limits of the residual network (a hostile setting must not exhaust memory).
+MAX_WIDTH, MAX_DEPTH = 1024, 16
+
+
 @dataclasses.dataclass(frozen=True)
 class UDEConfig(Config):
     """Settings of UDE training.
@@ -157,6 +161,10 @@ class UDEConfig(Config):
         ]
         if not self.windows or any(not 0 < w <= 1 for w in self.windows):
             problems.append("windows must be fractions in (0, 1]")
+        elif list(self.windows) != sorted(self.windows):
+            problems.append("windows must be increasing (each window grows the last)")
+        if self.width > MAX_WIDTH or self.depth > MAX_DEPTH:
+            problems.append(f"width must be at most {MAX_WIDTH} and depth at most {MAX_DEPTH}")
         problems += [
             f"{name} must be positive"
             for name in ("learning_rate", "rtol", "atol", "shooting_periods")

@@ -61,3 +61,25 @@ def test_nested_config_and_engines_normalised() -> None:
     assert DiscoveryConfig(engines="sindy,pysr").engines == ("sindy", "pysr")
     with pytest.raises(InputError, match="unknown engine"):
         DiscoveryConfig(engines=("sindy", "eureqa"))
+
+
+@pytest.mark.parametrize(
+    ("changes", "word"),
+    [
+        ({"windows": (0.5, 0.25)}, "increasing"),
+        ({"width": 5000}, "at most"),
+        ({"depth": 17}, "depth"),
+    ],
+)
+def test_ude_config_is_the_one_place_its_rules_live(changes, word) -> None:
+    """The flow's parameter model only describes the settings: UDEConfig's message is its
+    validation error."""
+    from pydantic import ValidationError
+
+    from pipelines.params import UDESettings
+
+    with pytest.raises(InputError, match=word):
+        UDEConfig(**changes)
+    with pytest.raises(ValidationError, match=f"UDEConfig: .*{word}"):
+        UDESettings(**changes)
+    assert UDESettings(width=8).overrides() == {"width": 8}
