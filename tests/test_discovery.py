@@ -1,10 +1,10 @@
-"""End-to-end discovery on bundled data (slow: trains real UDEs; CI runs them).
+"""End-to-end discovery on the bundled Lotka-Volterra data (slow: trains real UDEs; CI runs them).
 
-- Lotka–Volterra (issue 2 and 3): the trained network matches the missing interaction terms,
-  and the distilled model has exactly the true terms with coefficients within 5%.
-- van der Pol (a cubic missing term): plain PySINDy with finite differences on the same sparse,
-  noisy data misses the coefficients; this pipeline recovers the equation.
+- The trained network matches the missing interaction terms, and the distilled model has exactly
+  the true terms with coefficients within 5% (issues 2 and 3).
 - The same seed gives the same `discovered.json`.
+
+Partial theory on other systems: `test_partial_theory.py`; units: `test_scale_free.py`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,6 @@ X, Y = sp.symbols("x y")
 def lv_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lv") / "run"
     run_discovery(LV_DATA, LV_MODEL, out, seed=0, show_progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def vdp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vdp") / "run"
-    run_discovery(VDP_DATA, VDP_MODEL, out, seed=0, show_progress=False)
     return out
 
 
@@ -102,148 +95,3 @@ def test_same_seed_same_result(lv_run, tmp_path):
     first = json.loads((lv_run / "discovered.json").read_text())
     second = json.loads((again / "discovered.json").read_text())
     assert first == second
-
-
-def _sindy_terms(model) -> dict[sp.Expr, float]:
-    names = model.get_feature_names()
-    coef = model.coefficients()[1]  # the y equation
-    out = {}
-    for name, c in zip(names, coef):
-        if c != 0:
-            out[sp.sympify(name.replace("^", "**").replace(" ", "*"))] = float(c)
-    return out
-
-
-TRUE_VDP_Y = {X: -1.0, Y: 1.0, X**2 * Y: -1.0}
-
-
-def close_to_truth(found: dict[sp.Expr, float], rtol: float) -> bool:
-    if set(found) != set(TRUE_VDP_Y):
-        return False
-    return all(abs(found[k] - v) <= rtol * abs(v) for k, v in TRUE_VDP_Y.items())
-
-
-def test_plain_sindy_fails_on_vdp():
-    # Finite differences of 21 noisy points per trajectory: at every threshold, the right
-    # equation with coefficients within 10% is never found.
-    for threshold in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5):
-        assert not close_to_truth(_sindy_terms_at(threshold), rtol=0.10), threshold
-
-
-def _sindy_terms_at(threshold: float) -> dict[sp.Expr, float]:
-    import pysindy as ps
-
-    df = pd.read_csv(VDP_DATA)
-    groups = [g for _, g in df.groupby("trajectory", sort=False)]
-    model = ps.SINDy(
-        optimizer=ps.STLSQ(threshold=threshold), feature_library=ps.PolynomialLibrary(degree=3)
-    )
-    model.fit(
-        [g[["x", "y"]].to_numpy() for g in groups],
-        t=[g["t"].to_numpy() for g in groups],
-        feature_names=["x", "y"],
-    )
-    return _sindy_terms(model)
-
-
-def test_pipeline_succeeds_on_vdp(vdp_run):
-    result = json.loads((vdp_run / "discovered.json").read_text())
-    x_terms = terms(result["equations"]["x"])  # no residual on x; the refit frees its constant
-    assert set(x_terms) == {Y} and abs(x_terms[Y] - 1.0) <= 0.05, result["equations"]
-    found = terms(result["equations"]["y"])
-    assert close_to_truth(found, rtol=0.10), result["equations"]
-
-
-# -- a second partial-theory system, with state names SymPy reserves for itself ----------------
-SEIR_DATA, SEIR_MODEL = "data/seir/seir.csv", "data/seir/model.toml"
-S_, E_, I_ = (sp.Symbol(n) for n in "SEI")
-
-
-@pytest.fixture(scope="module")
-def seir_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("seir") / "run"
-    run_discovery(SEIR_DATA, SEIR_MODEL, out, seed=0, engines=("sindy",), show_progress=False)
-    return out
-
-
-def seir_terms(equation: str) -> dict[sp.Expr, float]:
-    """Term -> coefficient, parsing with the model's own symbols (never SymPy's S, E, I)."""
-    from sciml.report._math import parse
-
-    expr = sp.expand(parse(equation, ["S", "E", "I", "R"], where="test"))
-    out = {}
-    for term in sp.Add.make_args(expr):
-        coeff, rest = term.as_coeff_Mul()
-        out[rest.xreplace({s: sp.Symbol(s.name) for s in rest.free_symbols})] = float(coeff)
-    return out
-
-
-def test_seir_names_and_missing_transmission(seir_run):
-    """States S, E, I, R go through selection, outputs and the report; the transmission term
-    the theory lacks is found in both equations it belongs to, within 10%."""
-    from sciml.report import render_report
-
-    result = json.loads((seir_run / "discovered.json").read_text())
-    s_terms, e_terms = seir_terms(result["equations"]["S"]), seir_terms(result["equations"]["E"])
-    assert set(s_terms) == {S_ * I_}, result["equations"]
-    assert set(e_terms) == {S_ * I_, E_}, result["equations"]
-    np.testing.assert_allclose([s_terms[S_ * I_], e_terms[S_ * I_]], [-1.5, 1.5], rtol=0.10)
-    assert render_report(seir_run).exists()
-
-
-def test_plain_sindy_fails_on_seir():
-    """On the same data, plain PySINDy (finite differences, cubic library) never finds
-    dS/dt = -beta*S*I within 10%, at any threshold: the partial theory keeps its edge."""
-    import pysindy as ps
-
-    df = pd.read_csv(SEIR_DATA)
-    groups = [g for _, g in df.groupby("trajectory", sort=False)]
-    names = ["S", "E", "I", "R"]
-    for threshold in (0.01, 0.02, 0.05, 0.1, 0.2):
-        model = ps.SINDy(
-            optimizer=ps.STLSQ(threshold=threshold),
-            feature_library=ps.PolynomialLibrary(degree=3),
-        )
-        model.fit(
-            [g[names].to_numpy() for g in groups],
-            t=[g["t"].to_numpy() for g in groups],
-            feature_names=names,
-        )
-        found = {
-            n: float(c)
-            for n, c in zip(model.get_feature_names(), model.coefficients()[0])
-            if c != 0
-        }
-        exact = set(found) == {"S I"} and abs(found["S I"] + 1.5) <= 0.15
-        assert not exact, (threshold, found)
-
-
-# -- no theory, and the same system in other units ---------------------------------------------
-def _logistic_csv(path, scale_y=1.0, scale_t=1.0):
-    t = np.linspace(0, 10, 100)
-    x = 70.0 / (1 + (70.0 / 5.0 - 1) * np.exp(-0.8 * t))
-    x = x * (1 + 0.03 * np.random.default_rng(0).standard_normal(len(t)))
-    pd.DataFrame({"t": t * scale_t, "x": x * scale_y}).to_csv(path, index=False)
-    return path
-
-
-def test_no_theory_discovery_is_scale_free(tmp_path):
-    """With no model file, logistic growth in its own units and in units 1000x larger over a
-    time axis 100x shorter gives the same terms, coefficients rescaled accordingly:
-    dx/dt = r x - (r/K) x^2  becomes  dX/dT = 100 r X - 0.1 (r/K) X^2."""
-    found = []
-    for name, sy, st in (("plain", 1.0, 1.0), ("rescaled", 1e3, 1e-2)):
-        csv = _logistic_csv(tmp_path / f"{name}.csv", sy, st)
-        result = run_discovery(
-            csv, None, tmp_path / name, engines=("sindy",), quick=True, show_progress=False
-        )
-        x = sp.Symbol("x")
-        expr = sp.expand(sciml.parse_expression(result["equations"]["x"], {"x": x}, where="t"))
-        found.append({k: float(v) for k, v in expr.as_coefficients_dict().items()})
-    plain, rescaled = found
-    assert set(plain) == {sp.Symbol("x"), sp.Symbol("x") ** 2}, plain
-    assert set(rescaled) == set(plain), rescaled
-    x = sp.Symbol("x")
-    np.testing.assert_allclose(plain[x], 0.8, rtol=0.05)
-    np.testing.assert_allclose(rescaled[x] / plain[x], 100.0, rtol=0.02)
-    np.testing.assert_allclose(rescaled[x**2] / plain[x**2], 0.1, rtol=0.02)
