@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -24,10 +26,13 @@ from scipy.stats import multivariate_normal
 
 from sciml import DataError, InputError
 from sciml.cnf import (
+    RK4,
     CNFConfig,
     energy_distance,
     evaluate_log_prob,
     fit_cnf,
+    gaussian_logpdf,
+    integrate_to_base,
     load_cnf,
     load_table,
     log_prob,
@@ -58,9 +63,9 @@ def mixture_logpdf(x: np.ndarray) -> np.ndarray:
     return np.log(dens)
 
 
-# Small enough to train in well under a minute on 2 CPU cores; measured gap to the true NLL on
-# the 1000 test points: ~0.02 nats (the test allows 0.1).
-FAST = CNFConfig(width=32, depth=3, steps=600, batch_size=128, learning_rate=3e-3)
+# The default training (fixed RK4 steps, kinetic regulariser, learning rate, batch) with a
+# narrower field and few steps: well under a minute on 2 CPU cores.
+FAST = CNFConfig(width=32, depth=3, steps=600)
 
 
 def _write(path, x, columns=("x", "y")):
@@ -163,6 +168,50 @@ def test_exact_trace_and_hutchinson_agree_within_standard_error(trained):
     # Unbiased: the mean difference over 1000 points is within 3 standard errors (plus a
     # 1e-3-nat allowance for the two adaptive solves taking different steps).
     assert abs(diff.mean()) < 3 * se + 1e-3, (diff.mean(), se)
+
+
+@pytest.mark.slow
+def test_fixed_step_training_solve_agrees_with_the_adaptive_evaluation(trained):
+    """Training integrates with 8 fixed RK4 steps; the reported densities with adaptive steps.
+
+    The kinetic regulariser keeps the learnt paths straight, so on the trained model the
+    coarse training solve gives nearly the same log-densities as the accurate one (a model
+    that had learnt to exploit the coarse steps' error would not)."""
+    model = load_cnf(trained["out"])
+    config = CNFConfig.from_dict(json.loads((trained["out"] / "model.json").read_text())["config"])
+    assert config.dt == 0.125 and config.kinetic > 0  # the defaults, which this test is about
+    x = jnp.asarray(trained["x_test"], jnp.float32)
+    out, stats = integrate_to_base(
+        model.field, model.standardise(x), model.t1, trace="exact", dt=config.dt
+    )
+    assert int(stats.num_steps) == 8 and bool(stats.ok)
+    coarse = gaussian_logpdf(out.z) + out.delta_logp - model.log_scale()
+    accurate, _ = log_prob(model, x)
+    diff = np.abs(np.asarray(coarse - accurate))
+    assert diff.mean() < 0.01, diff.mean()
+    assert trained["metrics"]["train_solver_steps"] == 8.0
+    assert trained["metrics"]["eval_solver_steps"] > 0
+
+
+def test_rk4_converges_at_fourth_order():
+    """`RK4` with fixed steps on dy/dt = cos(t) y (exact: exp(sin t)): halving the step divides
+    the error by about 2^4 = 16 (a wrong tableau gives another order or no convergence)."""
+
+    def error(dt: float) -> float:
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, args: jnp.cos(t) * y),
+            RK4(),
+            t0=0.0,
+            t1=4.0,
+            dt0=dt,
+            y0=jnp.asarray(1.0),
+            stepsize_controller=diffrax.ConstantStepSize(),
+        )
+        return abs(float(sol.ys[-1]) - math.exp(math.sin(4.0)))
+
+    e1, e2 = error(0.4), error(0.2)
+    assert 1e-5 < e1 < 1e-2
+    assert 11 < e1 / e2 < 22, (e1, e2)
 
 
 def test_trace_method_chosen_by_dimension():
@@ -376,6 +425,14 @@ def test_bad_config_refused():
         CNFConfig(patience=0)
     with pytest.raises(InputError, match="validation_fraction"):
         CNFConfig(validation_fraction=1.0)
+    for dt in (0.0, -0.1, 2.0):
+        with pytest.raises(InputError, match="dt must lie"):
+            CNFConfig(dt=dt)
+    with pytest.raises(InputError, match="max_steps"):
+        CNFConfig(dt=0.01, max_steps=50)
+    with pytest.raises(InputError, match="kinetic"):
+        CNFConfig(kinetic=-0.1)
+    assert CNFConfig(dt=None).dt is None  # adaptive training solves stay available
 
 
 def test_nonpositive_steps_refused(tmp_path):

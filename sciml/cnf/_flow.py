@@ -25,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
@@ -143,6 +144,26 @@ def _augmented_dynamics(trace: Literal["exact", "hutchinson"]) -> Callable:
     return dynamics
 
 
+class RK4(diffrax.AbstractERK):
+    """The classical 4th-order Runge-Kutta method (four evaluations a step, no error estimate).
+
+    Meant for fixed steps (`diffrax.ConstantStepSize`): the training solves use it, because
+    its cost per step is fixed and it spends fewer evaluations than `Tsit5` for the same
+    accuracy at coarse steps.
+    """
+
+    tableau = diffrax.ButcherTableau(
+        c=np.array([0.5, 0.5, 1.0]),
+        b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+        b_error=np.zeros(4),
+        a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    )
+    interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+    def order(self, terms) -> int:
+        return 4
+
+
 def _controller(rtol: float, atol: float, dt: float | None):
     if dt is not None:
         return diffrax.ConstantStepSize()
@@ -165,8 +186,9 @@ def integrate_to_base(
 ) -> tuple[Integrals, SolveStats]:
     """Solve the augmented system from `x` at `t1` back to `t = 0` (standardised space).
 
-    `dt` set: fixed steps of that size; otherwise adaptive steps with `rtol`/`atol`.
-    Hutchinson's estimator needs `key` (Rademacher noise, one vector per sample per solve).
+    `dt` set: fixed steps of that size (default solver `RK4`); otherwise adaptive steps with
+    `rtol`/`atol` (default solver `Tsit5`). Hutchinson's estimator needs `key` (Rademacher
+    noise, one vector per sample per solve).
     """
     if trace == "hutchinson":
         if key is None:
@@ -177,7 +199,7 @@ def integrate_to_base(
     zeros = jnp.zeros(x.shape[:1], x.dtype)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_augmented_dynamics(trace)),
-        solver if solver is not None else diffrax.Tsit5(),
+        solver if solver is not None else (diffrax.Tsit5() if dt is None else RK4()),
         t0=jnp.asarray(t1, x.dtype),  # times in the state's dtype: no float64 promotion
         t1=jnp.asarray(0.0, x.dtype),
         dt0=None if dt is None else jnp.asarray(-dt, x.dtype),
