@@ -49,6 +49,22 @@ def lv(tmp_path_factory):
     return found, out
 
 
+def test_same_seed_same_result(lv, tmp_path):
+    """A second run with the same inputs and seed writes the same `discovered.json`."""
+    found, out = lv
+    again = sciml.discover(
+        pd.read_csv(LV_DATA),
+        LV_MODEL.read_text(),
+        out=tmp_path / "again",
+        quick=True,
+        engines="sindy",
+        show_progress=False,
+    )
+    assert again.equations == found.equations
+    first = json.loads((out / "discovered.json").read_text())
+    assert json.loads((tmp_path / "again" / "discovered.json").read_text()) == first
+
+
 def _coefficient(expr: sp.Expr, term: str) -> float:
     return float(sum(c for t, c in expr.as_coefficients_dict().items() if str(t) == term))
 

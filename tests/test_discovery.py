@@ -2,7 +2,7 @@
 
 - The trained network matches the missing interaction terms, and the distilled model has exactly
   the true terms with coefficients within 5% (issues 2 and 3).
-- The same seed gives the same `discovered.json`.
+- The same seed gives the same `discovered.json`: `test_api.py` (on the quick schedule).
 
 Partial theory on other systems: `test_partial_theory.py`; units: `test_scale_free.py`.
 """
@@ -87,11 +87,3 @@ def test_lv_outputs(lv_run):
     for name in ("ude.eqx", "config.json", "run.log", "predictions.parquet", "dense.parquet"):
         assert (lv_run / name).exists(), name
     assert not list(lv_run.glob(".*.tmp"))  # no half-written files left
-
-
-def test_same_seed_same_result(lv_run, tmp_path):
-    again = tmp_path / "again"
-    run_discovery(LV_DATA, LV_MODEL, again, seed=0, show_progress=False)
-    first = json.loads((lv_run / "discovered.json").read_text())
-    second = json.loads((again / "discovered.json").read_text())
-    assert first == second
