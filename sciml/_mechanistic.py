@@ -162,9 +162,19 @@ def _full_params(model: MechanisticModel, free):
 
 
 def simulate(
-    model: MechanisticModel, params, y0s, ts, *, rtol=1e-7, atol=1e-9, max_steps=8192, adjoint=None
+    model: MechanisticModel,
+    params,
+    y0s,
+    ts,
+    *,
+    rtol=1e-7,
+    atol=1e-9,
+    max_steps=8192,
+    adjoint=None,
+    bound=None,
 ):
-    """Solve the model for every trajectory: `y0s` (N, D), `ts` (N, M) -> ys (N, M, D), ok (N,)."""
+    """Solve the model for every trajectory: `y0s` (N, D), `ts` (N, M) -> ys (N, M, D), ok (N,)
+    (`bound`: `solve`'s, a solve leaving `|y| <= bound` fails there)."""
 
     def one(y0, t):
         return solve(
@@ -175,6 +185,7 @@ def simulate(
             atol=atol,
             max_steps=max_steps,
             adjoint=adjoint,
+            bound=bound,
         )[:2]
 
     return jax.vmap(one)(y0s, ts)

@@ -21,14 +21,19 @@ def solve(
     max_steps: int = 4096,
     solver: diffrax.AbstractSolver | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
+    bound: Float[Array, " d"] | None = None,
 ) -> tuple[Float[Array, "m d"], Bool[Array, ""], Int[Array, ""]]:
     """Integrate `dy/dt = field(t, y)` from `ts[0]` and save at `ts` (non-decreasing).
 
     Returns `(ys, ok, num_steps)`. A solve that diverges or hits `max_steps` does not raise
     (so that it can be batched with `vmap` and handled by the caller): `ok` is False and the
-    unreached states are non-finite.
+    unreached states are non-finite. With `bound`, a solve whose state leaves `|y| <= bound`
+    stops there and fails (a blow-up ends in a few steps instead of at `max_steps`).
     """
     term = diffrax.ODETerm(lambda t, y, args: field(t, y))
+    event = None
+    if bound is not None:
+        event = diffrax.Event(lambda t, y, args, **kw: jnp.any(jnp.abs(y) > bound))
     sol = diffrax.diffeqsolve(
         term,
         solver if solver is not None else diffrax.Tsit5(),
@@ -41,6 +46,7 @@ def solve(
         max_steps=max_steps,
         adjoint=adjoint if adjoint is not None else diffrax.RecursiveCheckpointAdjoint(),
         throw=False,
+        event=event,
     )
     ok = sol.result == diffrax.RESULTS.successful
     ys = jnp.where(ok, sol.ys, jnp.inf)

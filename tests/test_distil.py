@@ -172,6 +172,66 @@ def test_refit_recovers_exact_coefficients(true_terms, horizon):
     assert np.all(tm.coefficients(fit.stderr) > 0)
 
 
+def test_a_switched_off_term_costs_nothing_and_changes_nothing():
+    """Only the coefficients that can move are unknowns of the refit: the model with spurious
+    terms switched off refits exactly as the model without them (same coefficients, standard
+    errors and parameter count), and the switched-off terms get coefficient and error 0."""
+    data = lotka_volterra()
+    model = theory_model()
+    x, y = model.state_symbols
+    small = build_term_model(model, [A, D], {"x": -B * x * y, "y": C * x * y})
+    big = build_term_model(
+        model, [A, D], {"x": -B * x * y + 0.05 * y**2 + 0.1 * x**2, "y": C * x * y + 0.05 * x}
+    )
+    mask = [
+        str(t.form) not in ("y**2", "x**2") and (t.state, str(t.form)) != ("y", "x")
+        for t in big.terms
+    ]
+    assert sum(mask) == 4 and len(mask) == 7
+    ref = Refitter(small, data).fit([True] * 4, start=off_by(small, 1.1))
+    start = big.with_coefficients(big.model.guesses, 1.1 * big.coefficients(big.model.guesses))
+    fit = Refitter(big, data).fit(mask, start=start)
+    assert fit.ok and fit.k == ref.k and fit.sse == pytest.approx(ref.sse, rel=1e-8)
+    kept = {k: v for k, v in by_form(big, fit.params).items() if k in by_form(small, ref.params)}
+    for key, value in by_form(small, ref.params).items():
+        assert kept[key] == pytest.approx(value, rel=1e-8), key
+    coef, err = big.coefficients(fit.params), big.coefficients(fit.stderr)
+    off = ~np.asarray(mask)
+    assert np.all(coef[off] == 0) and np.all(err[off] == 0)
+    np.testing.assert_allclose(
+        np.sort(err[~off]), np.sort(small.coefficients(ref.stderr)), rtol=1e-6
+    )
+
+
+def test_refits_share_compiled_programs_by_bucket():
+    """A refit is compiled for its number of unknowns rounded up to 1, 2, 3, 4, 6, 8, 12, 16,
+    24, ...: never fewer than it needs, at most half again as many, few distinct sizes."""
+    from sciml.distil._refit import _bucket
+
+    sizes = [_bucket(n, 200) for n in range(1, 129)]
+    assert all(s >= n and s <= max(2, 1.5 * n) for n, s in zip(range(1, 129), sizes))
+    assert len(set(sizes)) == 14
+    assert _bucket(30, 20) == 20 and _bucket(0, 0) == 1
+
+
+def test_a_solve_that_blows_up_stops_at_the_bound():
+    """x' = x² from 1 reaches infinity at t = 1: with a bound the solve fails within a few
+    steps of leaving it, without one only at `max_steps`; inside the bound nothing changes."""
+    import jax.numpy as jnp
+
+    from sciml._solve import solve
+
+    ts = jnp.linspace(0.0, 2.0, 21)
+    _, ok, steps = solve(lambda t, y: y**2, jnp.array([1.0]), ts, max_steps=4096)
+    assert not ok and int(steps) == 4096
+    ys, ok, steps = solve(lambda t, y: y**2, jnp.array([1.0]), ts, bound=jnp.array([100.0]))
+    assert not ok and int(steps) < 200 and not np.isfinite(np.asarray(ys)[-1]).any()
+    free, _, _ = solve(lambda t, y: -y, jnp.array([1.0]), ts)
+    bounded, ok, _ = solve(lambda t, y: -y, jnp.array([1.0]), ts, bound=jnp.array([1.5]))
+    assert ok
+    np.testing.assert_array_equal(np.asarray(bounded), np.asarray(free))
+
+
 def lorenz_set(t_end=8.0, n=400, noise=0.01, seed=0):
     def f(_, u):
         x, y, z = u

@@ -26,6 +26,7 @@ _FAILED = 1e3  # residual given to points an ODE solve did not reach
 # significant (a 1e-9 * x**3 that improves a near-zero SSE by a factor of two).
 _ERROR_FLOOR = 1e-4
 SHOOTING_PERIODS = 1.0  # the refit's multiple-shooting pieces, in characteristic periods
+BLOW_UP = 100.0  # a refit's solve fails once a state is this many times the data's largest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Refit:
     n: int
     k: int
     ok: bool
+    iterations: int = 0  # Levenberg–Marquardt steps taken
 
     @property
     def bic(self) -> float:
@@ -100,6 +102,7 @@ class Refitter:
         seen = seen * mask[..., None]
         cscale = jnp.asarray(data.channel_scale())
         self.n = int(np.asarray(seen).sum())  # the measured values
+        bound = jnp.asarray(_state_bound(data))
         self._to_params, self._to_z = _parameter_maps(model)
         self._fit_y0 = fit_initial_state
         to_params = self._to_params
@@ -113,14 +116,18 @@ class Refitter:
         known = jnp.asarray(self._known)
         known_values = jnp.asarray(np.where(self._known, declared, 0.0))
 
-        def unpack(theta, pmask):
-            z, dy0 = theta
+        def unpack(theta, args):
+            # theta: the free numbers only (the active coefficients, padded to a bucket, and
+            # the pieces' start offsets); the others stay at `zbase` (index P: a dummy slot)
+            z_free, dy0 = theta
+            pmask, index, zbase = args
+            z = zbase.at[index].set(z_free)[:-1]
             params = jnp.where(known, known_values, to_params(z)) * pmask
             y0s = starts + free * dy0 * scale
             return params, y0s
 
-        def residuals(theta, pmask):
-            params, y0s = unpack(theta, pmask)
+        def residuals(theta, args):
+            params, y0s = unpack(theta, args)
             pred, _ = simulate(
                 model,
                 params,
@@ -130,20 +137,21 @@ class Refitter:
                 atol=atol,
                 max_steps=max_steps,
                 adjoint=diffrax.ForwardMode(),
+                bound=bound,
             )
             r = channel_residuals(model, params, ts, pred, values, seen, cscale).ravel()
             return jnp.where(jnp.isfinite(r), r, _FAILED)
 
-        solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-10)
+        solver = optx.LevenbergMarquardt(rtol=1e-6, atol=1e-8)
 
         @eqx.filter_jit
-        def run(theta, pmask):
+        def run(theta, args):
             sol = optx.least_squares(
-                residuals, solver, theta, args=pmask, max_steps=max_iterations, throw=False
+                residuals, solver, theta, args=args, max_steps=max_iterations, throw=False
             )
-            r = residuals(sol.value, pmask)
-            jac = jax.jacfwd(lambda th: residuals(th, pmask))(sol.value)
-            return sol.value, jnp.sum(r**2), jac[0]
+            r = residuals(sol.value, args)
+            jac = jax.jacfwd(lambda th: residuals(th, args))(sol.value)
+            return sol.value, jnp.sum(r**2), jac[0], sol.stats["num_steps"]
 
         self._unpack = eqx.filter_jit(unpack)
         self._run = run
@@ -156,34 +164,68 @@ class Refitter:
         y0: np.ndarray | None = None,
     ) -> Refit:
         tm = self.term_model
-        pmask = jnp.asarray(tm.param_mask(term_mask))
+        pmask = np.asarray(tm.param_mask(term_mask))
         p0 = np.asarray(tm.model.guesses) if start is None else np.asarray(start)
-        z0 = self._to_z(jnp.asarray(p0, dtype=float))
+        z0 = np.asarray(self._to_z(jnp.asarray(p0, dtype=float)))
+        # Only the parameters that can move are unknowns of the least squares (a switched-off
+        # term's coefficient is 0 whatever its value, a known one is held): each unknown costs
+        # one forward-mode derivative of the ODE solve per iteration.
+        active = np.flatnonzero((pmask > 0) & ~self._known)
+        index = np.full(_bucket(len(active), len(p0)), len(p0))  # padding: the dummy slot
+        index[: len(active)] = active
+        zbase = np.append(z0, 0.0)
+        args = (jnp.asarray(pmask), jnp.asarray(index), jnp.asarray(zbase))
         dy0 = jnp.zeros_like(self._starts)
         if y0 is not None and self._fit_y0:
             first = self._first
             shift = (jnp.asarray(y0) - self._starts[first]) / jnp.asarray(self.data.state_scale())
             dy0 = dy0.at[first].set(shift)
-        theta, sse, jz = self._run((z0, dy0), pmask)
-        params, y0s = self._unpack(theta, pmask)
+        theta, sse, jz, steps = self._run((jnp.asarray(zbase[index]), dy0), args)
+        params, y0s = self._unpack(theta, args)
         params, sse = np.asarray(params), float(sse)
-        k = int(((np.asarray(pmask) > 0) & ~self._known).sum()) + self._n_free
+        k = int(((pmask > 0) & ~self._known).sum()) + self._n_free
         # Standard errors from the Jacobian in z at the optimum, cov_z = s² (JᵀJ)⁻¹ (active
         # columns), carried to the parameters by the delta method: se_p = |dp/dz| se_z (the
         # maps are elementwise; a parameter pressed against a bound gets a standard error ~0).
-        z = theta[0]
+        z = np.asarray(zbase).copy()
+        z[index] = np.asarray(theta[0])
+        z = jnp.asarray(z[:-1])
         dpdz = np.asarray(jax.jvp(self._to_params, (z,), (jnp.ones_like(z),))[1])
-        jz = np.asarray(jz)
-        active = np.flatnonzero(np.asarray(pmask) > 0)
+        jz = np.asarray(jz)[:, : len(active)]
         stderr = np.zeros(len(params))
         dof = max(self.n - k, 1)
         try:
-            cov = np.linalg.pinv(jz[:, active].T @ jz[:, active]) * (sse / dof)
+            cov = np.linalg.pinv(jz.T @ jz) * (sse / dof)
             stderr[active] = np.abs(dpdz[active]) * np.sqrt(np.clip(np.diag(cov), 0, None))
         except np.linalg.LinAlgError:
             stderr[active] = np.nan
         ok = math.isfinite(sse) and sse < _FAILED**2 and bool(np.all(np.isfinite(params)))
-        return Refit(params, stderr, np.asarray(y0s)[self._first], sse, self.n, k, ok)
+        y0 = np.asarray(y0s)[self._first]
+        return Refit(params, stderr, y0, sse, self.n, k, ok, int(steps))
+
+
+def _state_bound(data: TrajectorySet) -> np.ndarray:
+    """Per state, how far from 0 a refit's solve may go before it counts as failed:
+    `BLOW_UP` times the largest measured value plus the state's scale (inf for a state never
+    measured). A candidate that blows up then costs a few solver steps, not `max_steps` (its
+    residuals are the failed ones either way)."""
+    values, seen = data.padded_channels()
+    d = len(data.states)
+    measured = seen[..., :d] > 0
+    largest = np.max(np.where(measured, np.abs(np.nan_to_num(values[..., :d])), 0.0), axis=(0, 1))
+    bound = BLOW_UP * (largest + np.asarray(data.state_scale(), dtype=float))
+    return np.where(measured.any(axis=(0, 1)), bound, np.inf)
+
+
+def _bucket(n: int, total: int) -> int:
+    """Number of unknowns a refit is compiled for: `n` rounded up to the next of 1, 2, 3, 4,
+    6, 8, 12, 16, 24, ... (at most `total`), so that the masks of one model share a few compiled
+    programs and pad at most half their size."""
+    power = 1
+    while 2 * power < n:
+        power *= 2
+    size = n if n <= 2 else power * 3 // 2 if n <= power * 3 // 2 else 2 * power
+    return max(1, min(size, max(total, 1)))
 
 
 def _parameter_maps(model: MechanisticModel):
