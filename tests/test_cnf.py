@@ -63,8 +63,8 @@ def mixture_logpdf(x: np.ndarray) -> np.ndarray:
     return np.log(dens)
 
 
-# The default training (fixed RK4 steps, kinetic regulariser, learning rate, batch) with a
-# narrower field and few steps: well under a minute on 2 CPU cores.
+# The default training (loose training solves, kinetic regulariser, learning rate, batch) with
+# a narrower field and few steps: well under a minute on 2 CPU cores.
 FAST = CNFConfig(width=32, depth=3, steps=600)
 
 
@@ -171,26 +171,26 @@ def test_exact_trace_and_hutchinson_agree_within_standard_error(trained):
 
 
 @pytest.mark.slow
-def test_fixed_step_training_solve_agrees_with_the_adaptive_evaluation(trained):
-    """Training integrates with 8 fixed RK4 steps; the reported densities with adaptive steps.
+def test_loose_training_solve_agrees_with_the_tight_evaluation(trained):
+    """Training solves at rtol = atol = 1e-3; the reported densities at 1e-5.
 
-    The kinetic regulariser keeps the learnt paths straight, so on the trained model the
-    coarse training solve gives nearly the same log-densities as the accurate one (a model
-    that had learnt to exploit the coarse steps' error would not)."""
+    On the trained model the loose solve gives nearly the same log-densities as the tight one
+    (the error control bounds the difference; a model that had learnt to exploit a coarse
+    solver's error would not pass), in fewer steps."""
     model = load_cnf(trained["out"])
     config = CNFConfig.from_dict(json.loads((trained["out"] / "model.json").read_text())["config"])
-    assert config.dt == 0.125 and config.kinetic > 0  # the defaults, which this test is about
+    assert config.dt is None and config.rtol == 1e-3 and config.kinetic > 0  # the defaults
     x = jnp.asarray(trained["x_test"], jnp.float32)
     out, stats = integrate_to_base(
-        model.field, model.standardise(x), model.t1, trace="exact", dt=config.dt
+        model.field, model.standardise(x), model.t1, trace="exact", rtol=1e-3, atol=1e-3
     )
-    assert int(stats.num_steps) == 8 and bool(stats.ok)
-    coarse = gaussian_logpdf(out.z) + out.delta_logp - model.log_scale()
-    accurate, _ = log_prob(model, x)
-    diff = np.abs(np.asarray(coarse - accurate))
+    assert bool(stats.ok)
+    loose = gaussian_logpdf(out.z) + out.delta_logp - model.log_scale()
+    tight, tight_stats = log_prob(model, x)
+    diff = np.abs(np.asarray(loose - tight))
     assert diff.mean() < 0.01, diff.mean()
-    assert trained["metrics"]["train_solver_steps"] == 8.0
-    assert trained["metrics"]["eval_solver_steps"] > 0
+    assert int(stats.num_steps) < int(tight_stats.num_steps)
+    assert 0 < trained["metrics"]["train_solver_steps"] < trained["metrics"]["eval_solver_steps"]
 
 
 def test_rk4_converges_at_fourth_order():
@@ -374,8 +374,8 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
 
 def test_training_stops_when_validation_stops_improving_and_keeps_the_best():
     """On a plain Gaussian (which the untrained flow nearly is already) the validation NLL
-    plateaus at once: the learning rate is halved, training stops long before the step limit,
-    and the returned model is the best check's, not the last one."""
+    plateaus at once: the learning rate is halved down to its floor, training stops long before
+    the step limit, and the returned model is the best check's, not the last one."""
     x = np.random.default_rng(3).standard_normal((600, 2)) @ np.array([[1.0, 0.3], [0.0, 0.5]])
     config = CNFConfig(width=8, depth=1, steps=5000, batch_size=64, checkpoint_every=10, patience=4)
     fit = fit_cnf(x, config, key=jr.key(0), seed=0)
@@ -384,11 +384,14 @@ def test_training_stops_when_validation_stops_improving_and_keeps_the_best():
     assert len(val) == fit.steps // 10 and fit.n_validation == 60
     assert fit.best_validation_nll == pytest.approx(min(val))
     assert fit.best_step == fit.history[int(np.argmin(val))]["step"]
-    # It stopped `patience` checks after the last improvement by at least MIN_IMPROVEMENT.
+    # It stopped at least `patience` checks after the last improvement by MIN_IMPROVEMENT ...
     gains = [i for i in range(1, len(val)) if val[i] < min(val[:i]) - 1e-3]
-    assert len(val) - 1 - max(gains, default=0) == config.patience
+    assert len(val) - 1 - max(gains, default=0) >= config.patience
+    # ... and only once the rate had been halved to its floor (lr / 64): the rate in use at
+    # the last checks was at most lr / 32 (a plateau at a higher rate is not convergence).
     lrs = [r["lr"] for r in fit.history]
-    assert lrs[0] == pytest.approx(config.learning_rate) and min(lrs) < lrs[0] / 1.5
+    assert lrs[0] == pytest.approx(config.learning_rate)
+    assert min(lrs) <= config.learning_rate / 32 * (1 + 1e-6)
     # The returned model scores the best validation NLL on the validation rows.
     _, val_rows = validation_rows(len(x), config.validation_fraction, jr.split(jr.key(0), 3)[0])
     lp, _ = evaluate_log_prob(fit.model, x[val_rows])

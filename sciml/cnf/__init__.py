@@ -3,9 +3,10 @@
 A CNF carries a standard Gaussian to the data distribution along `dy/dt = f(t, y)`, with `f` a
 small time-conditioned network of concat-squash layers. Log-densities come from a backward
 solve that integrates the trace of `df/dy` (exact in low dimension, Hutchinson's estimator in
-high dimension); samples from a forward solve. Training is maximum likelihood with fixed RK4 steps
-and the RNODE kinetic-energy regulariser (optionally the Jacobian Frobenius norm too), which
-keeps the dynamics straight and cheap to solve; every reported density uses adaptive steps.
+high dimension); samples from a forward solve. Training is maximum likelihood with loose-tolerance
+solves and the RNODE kinetic-energy regulariser (optionally the Jacobian Frobenius norm too),
+which keeps the dynamics straight and cheap to solve; every reported density is solved at
+tight tolerances.
 
 `run_cnf` is the stage: data file in, `metrics.json`, model, samples and plots out.
 """
