@@ -203,15 +203,17 @@ def test_a_switched_off_term_costs_nothing_and_changes_nothing():
     )
 
 
-def test_refits_share_compiled_programs_by_bucket():
-    """A refit is compiled for its number of unknowns rounded up to 1, 2, 3, 4, 6, 8, 12, 16,
-    24, ...: never fewer than it needs, at most half again as many, few distinct sizes."""
-    from sciml.distil._refit import _bucket
+def test_refits_of_one_model_share_at_most_two_compiled_programs():
+    """A refit is compiled for its number of unknown coefficients: all of a small model's (one
+    program, whatever the mask), half or all of a large one's; never fewer than it needs."""
+    from sciml.distil._refit import SPLIT_ABOVE, _bucket
 
-    sizes = [_bucket(n, 200) for n in range(1, 129)]
-    assert all(s >= n and s <= max(2, 1.5 * n) for n, s in zip(range(1, 129), sizes))
-    assert len(set(sizes)) == 14
-    assert _bucket(30, 20) == 20 and _bucket(0, 0) == 1
+    small = {_bucket(n, SPLIT_ABOVE) for n in range(SPLIT_ABOVE + 1)}
+    assert small == {SPLIT_ABOVE}
+    for total in (SPLIT_ABOVE + 1, 50, 61):
+        sizes = [_bucket(n, total) for n in range(total + 1)]
+        assert all(s >= n for n, s in enumerate(sizes)) and set(sizes) == {(total + 1) // 2, total}
+    assert _bucket(0, 0) == 1
 
 
 def test_a_solve_that_blows_up_stops_at_the_bound():

@@ -27,6 +27,7 @@ _FAILED = 1e3  # residual given to points an ODE solve did not reach
 _ERROR_FLOOR = 1e-4
 SHOOTING_PERIODS = 1.0  # the refit's multiple-shooting pieces, in characteristic periods
 BLOW_UP = 100.0  # a refit's solve fails once a state is this many times the data's largest
+SPLIT_ABOVE = 24  # coefficients above which a model's refits are compiled for two sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,14 +219,12 @@ def _state_bound(data: TrajectorySet) -> np.ndarray:
 
 
 def _bucket(n: int, total: int) -> int:
-    """Number of unknowns a refit is compiled for: `n` rounded up to the next of 1, 2, 3, 4,
-    6, 8, 12, 16, 24, ... (at most `total`), so that the masks of one model share a few compiled
-    programs and pad at most half their size."""
-    power = 1
-    while 2 * power < n:
-        power *= 2
-    size = n if n <= 2 else power * 3 // 2 if n <= power * 3 // 2 else 2 * power
-    return max(1, min(size, max(total, 1)))
+    """Number of unknown coefficients a refit is compiled for, `n` needed of `total`: each size
+    is a compilation (seconds), each unknown a forward-mode derivative of the ODE solve per
+    iteration. A model of up to `SPLIT_ABOVE` coefficients is compiled once, for all of them;
+    a larger one (a polynomial library shared by many candidates) for half of them too."""
+    half = (total + 1) // 2
+    return max(1, half if total > SPLIT_ABOVE and n <= half else total)
 
 
 def _parameter_maps(model: MechanisticModel):
