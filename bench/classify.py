@@ -28,6 +28,9 @@ import numpy as np
 
 from sciml.classify import default_config, make_image_set, run_classify
 
+#: The neural ODE's accuracy at most this many points below the ResNet's. A gap of exactly
+#: 1 point (6 of 600 images) meets it: the comparison allows for the float rounding of
+#: `100 * (a - b)`, which gives -1.0000000000000009 there.
 TARGET_POINTS = 1.0
 SETS = ("shapes", "textures", "bars", "digits")
 
@@ -95,11 +98,16 @@ def main() -> None:
         print(
             f"{r['name']:10s}{o['n_train'] + o['n_validation']:>8d}{o['test_accuracy']:>9.2%}"
             f"{s['test_accuracy']:>9.2%}{gap:>+8.2f}{'>= -1':>9s}"
-            f"{'yes' if gap >= -TARGET_POINTS else 'no':>5s}{o['mean_solver_steps']:>14.2f}"
+            f"{'yes' if gap >= -TARGET_POINTS - 1e-9 else 'no':>5s}"
+            f"{o['mean_solver_steps']:>14.2f}"
             f"{str(o['epochs']) + '/' + str(s['epochs']):>16s}"
             f"{str(round(o['train_seconds'])) + '/' + str(round(s['train_seconds'])):>17s}"
         )
-    print("steps: mean accepted+rejected adaptive steps per test image (Tsit5, rtol 1e-3)")
+    ode = default_config((3, 32, 32))
+    print(
+        f"steps: mean accepted+rejected adaptive steps per test image ({ode.solver}, "
+        f"rtol {ode.rtol:g}, atol {ode.atol:g})"
+    )
     if args.json:
         keep = ("test_accuracy", "mean_solver_steps", "epochs", "best_epoch", "stopped")
         keep += ("train_seconds", "params", "n_train", "n_validation", "n_test")

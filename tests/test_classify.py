@@ -104,6 +104,20 @@ def test_ode_classifier_shapes_steps_and_float32(shape: tuple[int, ...]) -> None
     assert {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.float32)}
 
 
+def test_solve_first_tries_the_whole_interval() -> None:
+    """A flow that barely moves is solved in one step (the first step spans [0, t1]); a
+    strong field is still refined by the adaptive controller (rejected steps counted)."""
+    config = ClassifierConfig(width=8, hidden=8)
+    model = make_classifier(config, (3, 16, 16), 4, key=jr.key(0))
+    y0 = jr.normal(jr.key(1), (2, 8, 4, 4), jnp.float32)
+    still = eqx.tree_at(lambda m: m.block.field.conv2.weight, model, replace_fn=lambda w: 0 * w)
+    _, steps, ok = jax.vmap(still.block)(y0)
+    assert bool(ok.all()) and steps.tolist() == [1, 1]
+    strong = eqx.tree_at(lambda m: m.block.field.conv2.weight, model, replace_fn=lambda w: 300 * w)
+    _, steps, ok = jax.vmap(strong.block)(y0)
+    assert bool(ok.all()) and int(steps.min()) >= 3
+
+
 def test_resnet_baseline_has_about_the_same_parameter_count() -> None:
     ode = make_classifier(ClassifierConfig(width=16, hidden=16), (1, 8, 8), 10, key=jr.key(0))
     res = make_classifier(
@@ -113,6 +127,29 @@ def test_resnet_baseline_has_about_the_same_parameter_count() -> None:
     n_ode, n_res = count_params(ode), count_params(res)
     assert n_ode > n_res  # the ODE field also sees time
     assert (n_ode - n_res) / n_ode < 0.1
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_one_percent() -> None:
+    """Adam's update for a constant gradient is the learning rate itself, so the update sizes
+    trace the schedule: a ramp over the warm-up, then a monotone cosine down to 1%."""
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.full(3, 0.1)}
+
+    def sizes(optim) -> np.ndarray:
+        state, out = optim.init(params), []
+        for _ in range(40):
+            updates, state = optim.update(grads, state, params)
+            out.append(float(jnp.abs(updates["w"]).max()))
+        return np.asarray(out)
+
+    cosine = sizes(make_optimizer(1e-2, 0.0, 5, 40))
+    peak = int(np.argmax(cosine))
+    assert 4 <= peak <= 6 and cosine[peak] == pytest.approx(1e-2, rel=0.05)
+    assert cosine[0] < 0.2 * cosine[peak]
+    assert np.all(np.diff(cosine[peak:]) <= 1e-9)
+    assert cosine[-1] < 0.03 * cosine[peak]
+    flat = sizes(make_optimizer(1e-2, 0.0, 5))
+    np.testing.assert_allclose(flat[6:], 1e-2, rtol=0.01)
 
 
 def test_random_shift_is_a_translation() -> None:

@@ -223,7 +223,9 @@ class ODEBlock(eqx.Module):
     """Solve `dy/dt = field(t, y)` on `[0, t1]` with an adaptive solver; return `y(t1)`.
 
     Failures do not raise (the solve runs batched under `vmap`): `ok` is False and the caller
-    decides. `steps` counts accepted and rejected steps.
+    decides. `steps` counts accepted and rejected steps. The first step tries the whole
+    interval (`dt0 = t1`) and the controller shrinks it as the error estimate demands, so a
+    flow that barely moves costs one step (the default initial-step heuristic took three).
     """
 
     field: AbstractField
@@ -239,7 +241,7 @@ class ODEBlock(eqx.Module):
             self.solver,
             t0=jnp.zeros((), DTYPE),
             t1=jnp.asarray(self.t1, DTYPE),
-            dt0=None,
+            dt0=jnp.asarray(self.t1, DTYPE),
             y0=y0,
             stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
             saveat=diffrax.SaveAt(t1=True),

@@ -77,16 +77,24 @@ MIN_LR_DIVISOR = 64
 
 @functools.lru_cache(maxsize=32)
 def make_optimizer(
-    learning_rate: float, weight_decay: float, warmup_steps: int
+    learning_rate: float, weight_decay: float, warmup_steps: int, total_steps: int | None = None
 ) -> optax.GradientTransformation:
-    """AdamW at `learning_rate` after a linear warm-up over `warmup_steps`, gradient clipping.
+    """AdamW at `learning_rate` after a linear warm-up over `warmup_steps`, gradient clipping;
+    with `total_steps`, the rate then follows a cosine down to 1% at `total_steps`.
 
     The rate is a hyperparameter in the optimiser state (`optax.inject_hyperparams`), which
-    `fit` halves on a validation plateau: no schedule length to choose per data set. Cached,
-    so that runs with the same settings share one object and hence one compiled `train_step`
-    (the transformation is a static argument of the jitted step).
+    `fit` halves on a validation plateau; the cosine spans the most epochs a run may take
+    (`total_steps`), so nothing is chosen per data set. Cached, so that runs with the same
+    settings share one object and hence one compiled `train_step` (the transformation is a
+    static argument of the jitted step).
     """
-    ramp = optax.linear_schedule(0.1, 1.0, max(1, warmup_steps))
+    warmup = max(1, warmup_steps)
+    if total_steps is None:
+        ramp = optax.linear_schedule(0.1, 1.0, warmup)
+    else:
+        ramp = optax.warmup_cosine_decay_schedule(
+            0.1, 1.0, warmup, max(total_steps, warmup + 1), end_value=0.01
+        )
     return optax.chain(
         optax.clip_by_global_norm(1.0),
         optax.inject_hyperparams(optax.adamw)(
@@ -196,6 +204,8 @@ class FitResult:
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
+#: Per-epoch records. `lr` is the base rate after the plateau halvings; an update uses it
+#: times the warm-up (and, with `total_steps`, cosine) factor of `make_optimizer`.
 HISTORY_KEYS = (
     "loss",
     "train_accuracy",
