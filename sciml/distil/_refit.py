@@ -50,9 +50,12 @@ class Refit:
 class Refitter:
     """Least squares of a `TermModel` against data, with terms switched off by a mask.
 
-    Compiled once per model structure; masks and starting values are arguments, so pruning
-    costs no recompilation. A coefficient with bounds (`TermModel.coefficient_bounds`) is
-    fitted through `ParameterTransform`'s map, so it stays within them.
+    Compiled once per model structure (twice above `SPLIT_ABOVE` coefficients: for half and
+    for all of them, `_bucket`); masks and starting values are arguments, so pruning costs no
+    recompilation, and only the coefficients a mask switches on are unknowns of the least
+    squares. A solve that leaves `_state_bound` (a blow-up) fails at once. A coefficient with
+    bounds (`TermModel.coefficient_bounds`) is fitted through `ParameterTransform`'s map, so it
+    stays within them.
 
     Multiple shooting: each trajectory is cut into pieces `horizon` long (by default
     `SHOOTING_PERIODS` characteristic periods of the data, `2 pi * Smoothed.time_scale()`
