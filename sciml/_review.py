@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import time
@@ -383,7 +384,11 @@ def _refit(run: _Loaded, chosen: dict[str, set[tuple[str, str]]]):
         for k, t, term in zip(keys, known, tm.terms)
     ]
     force = {i for i, k in enumerate(keys) if k in forced}
-    fitter = Refitter(tm, run.train, fit_initial_state=run.settings.fit_initial_state)
+    # The reviewer's model is fitted whatever its solve does (a rejected true term can make it
+    # grow far past the data): selection's blow-up cut-off would fail it before the first step.
+    fitter = Refitter(
+        tm, run.train, fit_initial_state=run.settings.fit_initial_state, blow_up=math.inf
+    )
     fit = fitter.fit(mask, start=start)
     if not fit.ok:
         raise NumericalError(

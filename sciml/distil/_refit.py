@@ -80,6 +80,7 @@ class Refitter:
         atol=1e-9,
         max_iterations=100,
         max_steps=2048,
+        blow_up: float = BLOW_UP,
     ):
         self.term_model = term_model
         if horizon is None and data.partial and data.unmeasured().any():
@@ -106,7 +107,7 @@ class Refitter:
         seen = seen * mask[..., None]
         cscale = jnp.asarray(data.channel_scale())
         self.n = int(np.asarray(seen).sum())  # the measured values
-        bound = jnp.asarray(_state_bound(data))
+        bound = jnp.asarray(_state_bound(data, blow_up))
         self._to_params, self._to_z = _parameter_maps(model)
         self._fit_y0 = fit_initial_state
         to_params = self._to_params
@@ -208,16 +209,17 @@ class Refitter:
         return Refit(params, stderr, y0, sse, self.n, k, ok, int(steps))
 
 
-def _state_bound(data: TrajectorySet) -> np.ndarray:
+def _state_bound(data: TrajectorySet, blow_up: float = BLOW_UP) -> np.ndarray:
     """Per state, how far from 0 a refit's solve may go before it counts as failed:
-    `BLOW_UP` times the largest measured value plus the state's scale (inf for a state never
+    `blow_up` times the largest measured value plus the state's scale (inf for a state never
     measured). A candidate that blows up then costs a few solver steps, not `max_steps` (its
-    residuals are the failed ones either way)."""
+    residuals are the failed ones either way). A model that must be fitted whatever it does
+    (a reviewer's choice) takes `blow_up=math.inf`."""
     values, seen = data.padded_channels()
     d = len(data.states)
     measured = seen[..., :d] > 0
     largest = np.max(np.where(measured, np.abs(np.nan_to_num(values[..., :d])), 0.0), axis=(0, 1))
-    bound = BLOW_UP * (largest + np.asarray(data.state_scale(), dtype=float))
+    bound = blow_up * (largest + np.asarray(data.state_scale(), dtype=float))
     return np.where(measured.any(axis=(0, 1)), bound, np.inf)
 
 
