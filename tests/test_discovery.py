@@ -15,18 +15,16 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-import sympy as sp
 
 import sciml
 from data.lotka_volterra import generate as lv
 from sciml._ude import load_ude, relative_l2
 from sciml.discover import run_discovery
+from tests._polynomials import X, Y, terms
 
 pytestmark = pytest.mark.slow
 
 LV_DATA, LV_MODEL = "data/lotka_volterra/lotka_volterra.csv", "data/lotka_volterra/model.toml"
-VDP_DATA, VDP_MODEL = "data/van_der_pol/van_der_pol.csv", "data/van_der_pol/model.toml"
-X, Y = sp.symbols("x y")
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +32,6 @@ def lv_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lv") / "run"
     run_discovery(LV_DATA, LV_MODEL, out, seed=0, show_progress=False)
     return out
-
-
-def terms(equation: str) -> dict[sp.Expr, float]:
-    """Monomial -> coefficient of a polynomial right-hand side."""
-    poly = sp.Poly(sp.sympify(equation), X, Y)
-    return {X**i * Y**j: float(c) for (i, j), c in zip(poly.monoms(), poly.coeffs())}
 
 
 def test_lv_network_matches_missing_terms(lv_run):

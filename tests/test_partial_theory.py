@@ -17,11 +17,11 @@ import pytest
 import sympy as sp
 
 from sciml.discover import run_discovery
+from tests._polynomials import X, Y, terms
 
 pytestmark = pytest.mark.slow
 
 VDP_DATA, VDP_MODEL = "data/van_der_pol/van_der_pol.csv", "data/van_der_pol/model.toml"
-X, Y = sp.symbols("x y")
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,6 @@ def vdp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("vdp") / "run"
     run_discovery(VDP_DATA, VDP_MODEL, out, seed=0, show_progress=False)
     return out
-
-
-def terms(equation: str) -> dict[sp.Expr, float]:
-    """Monomial -> coefficient of a polynomial right-hand side."""
-    poly = sp.Poly(sp.sympify(equation), X, Y)
-    return {X**i * Y**j: float(c) for (i, j), c in zip(poly.monoms(), poly.coeffs())}
 
 
 def _sindy_terms(model) -> dict[sp.Expr, float]:
