@@ -78,6 +78,7 @@ def ensemble_throughput(ks: list[int], steps: int, repeats: int) -> dict:
     import numpy as np
 
     import sciml
+    from sciml._data import BLOW_UP
     from sciml._ensemble import _adam, _ensemble_ode_chunk, _stack
     from sciml._ude import UDEConfig, init_ude
 
@@ -86,8 +87,7 @@ def ensemble_throughput(ks: list[int], steps: int, repeats: int) -> dict:
     config = UDEConfig()
     ts, ys, mask = (jnp.asarray(a) for a in data.padded())
     scale = jnp.asarray(data.state_scale())
-    allys = np.concatenate([tr.y for tr in data.trajectories])
-    bound = jnp.asarray(100.0 * (np.abs(allys).max(0) + np.asarray(scale)))
+    bound = jnp.asarray(data.blow_up_bound(BLOW_UP))
     y0s = jnp.asarray(np.stack([tr.y[0] for tr in data.trajectories]))
     optimizer = _adam(config.learning_rate)
     out = {}

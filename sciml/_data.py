@@ -81,6 +81,11 @@ class Trajectory:
         return np.ones((len(self.t), self.y.shape[1] + k), dtype=bool)
 
 
+#: How many times the data's largest value (plus its scale) a state may reach before a solve
+#: counts as blown up (`TrajectorySet.blow_up_bound`).
+BLOW_UP = 100.0
+
+
 @dataclasses.dataclass(frozen=True)
 class TrajectorySet:
     """Several trajectories of the same states, possibly of different lengths and sampling.
@@ -191,6 +196,19 @@ class TrajectorySet:
             y = np.asarray(y, dtype=float)[: len(tr.t)]
             out.append(dataclasses.replace(tr, y=np.where(seen, tr.y, y)))
         return dataclasses.replace(self, trajectories=tuple(out))
+
+    def blow_up_bound(self, factor: float) -> np.ndarray:
+        """Per state, how far from 0 a solve may go before it counts as blown up: `factor`
+        times the largest measured value plus the state's scale (inf for a state never
+        measured). A solve stopped there costs a few steps, not its step limit (the selection's
+        refits; an ensemble member, which then freezes); `factor=math.inf`: no limit."""
+        values, seen = self.padded_channels()
+        d = len(self.states)
+        measured = seen[..., :d] > 0
+        magnitude = np.abs(np.nan_to_num(values[..., :d]))
+        largest = np.max(np.where(measured, magnitude, 0.0), axis=(0, 1))
+        bound = factor * (largest + np.asarray(self.state_scale(), dtype=float))
+        return np.where(measured.any(axis=(0, 1)), bound, np.inf)
 
     def state_scale(self) -> np.ndarray:
         """Per-state scale for weighting residuals: the mean absolute value (or 1 if ~0); of

@@ -38,7 +38,7 @@ import optax
 import pandas as pd
 from jaxtyping import PRNGKeyArray
 
-from ._data import MIN_POINTS, TrajectorySet
+from ._data import BLOW_UP, MIN_POINTS, TrajectorySet
 from ._errors import NumericalError
 from ._mechanistic import MechanisticFit
 from ._smooth import Smoothed, smooth
@@ -345,8 +345,7 @@ def train_ensemble(
         {"collocation": [], "adam": [], "lbfgs": [], "validation": []} for _ in range(k)
     ]
     ode_w = jnp.asarray(weights * train_mask[None])  # held-back points: never trained on
-    allys = np.concatenate([tr.y for tr in data.trajectories])
-    bound = jnp.asarray(100.0 * (np.abs(allys).max(0) + np.asarray(scale)))
+    bound = jnp.asarray(data.blow_up_bound(BLOW_UP))
     failed = np.zeros(k, dtype=bool)
     steps = 0
     for phase, fraction, n_steps in phases:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from .._data import TrajectorySet
+from .._data import BLOW_UP, TrajectorySet
 from .._mechanistic import ParameterTransform, channel_residuals, pinned_initial, simulate
 from .._model import MechanisticModel
 from .._smooth import smooth
@@ -26,7 +26,6 @@ _FAILED = 1e3  # residual given to points an ODE solve did not reach
 # significant (a 1e-9 * x**3 that improves a near-zero SSE by a factor of two).
 _ERROR_FLOOR = 1e-4
 SHOOTING_PERIODS = 1.0  # the refit's multiple-shooting pieces, in characteristic periods
-BLOW_UP = 100.0  # a refit's solve fails once a state is this many times the data's largest
 SPLIT_ABOVE = 24  # coefficients above which a model's refits are compiled for two sizes
 
 
@@ -53,9 +52,9 @@ class Refitter:
     Compiled once per model structure (twice above `SPLIT_ABOVE` coefficients: for half and
     for all of them, `_bucket`); masks and starting values are arguments, so pruning costs no
     recompilation, and only the coefficients a mask switches on are unknowns of the least
-    squares. A solve that leaves `_state_bound` (a blow-up) fails at once. A coefficient with
-    bounds (`TermModel.coefficient_bounds`) is fitted through `ParameterTransform`'s map, so it
-    stays within them.
+    squares. A solve that leaves `TrajectorySet.blow_up_bound` (a blow-up) fails at once. A
+    coefficient with bounds (`TermModel.coefficient_bounds`) is fitted through
+    `ParameterTransform`'s map, so it stays within them.
 
     Multiple shooting: each trajectory is cut into pieces `horizon` long (by default
     `SHOOTING_PERIODS` characteristic periods of the data, `2 pi * Smoothed.time_scale()`
@@ -107,7 +106,7 @@ class Refitter:
         seen = seen * mask[..., None]
         cscale = jnp.asarray(data.channel_scale())
         self.n = int(np.asarray(seen).sum())  # the measured values
-        bound = jnp.asarray(_state_bound(data, blow_up))
+        bound = jnp.asarray(data.blow_up_bound(blow_up))
         self._to_params, self._to_z = _parameter_maps(model)
         self._fit_y0 = fit_initial_state
         to_params = self._to_params
@@ -207,20 +206,6 @@ class Refitter:
         ok = math.isfinite(sse) and sse < _FAILED**2 and bool(np.all(np.isfinite(params)))
         y0 = np.asarray(y0s)[self._first]
         return Refit(params, stderr, y0, sse, self.n, k, ok, int(steps))
-
-
-def _state_bound(data: TrajectorySet, blow_up: float = BLOW_UP) -> np.ndarray:
-    """Per state, how far from 0 a refit's solve may go before it counts as failed:
-    `blow_up` times the largest measured value plus the state's scale (inf for a state never
-    measured). A candidate that blows up then costs a few solver steps, not `max_steps` (its
-    residuals are the failed ones either way). A model that must be fitted whatever it does
-    (a reviewer's choice) takes `blow_up=math.inf`."""
-    values, seen = data.padded_channels()
-    d = len(data.states)
-    measured = seen[..., :d] > 0
-    largest = np.max(np.where(measured, np.abs(np.nan_to_num(values[..., :d])), 0.0), axis=(0, 1))
-    bound = blow_up * (largest + np.asarray(data.state_scale(), dtype=float))
-    return np.where(measured.any(axis=(0, 1)), bound, np.inf)
 
 
 def _bucket(n: int, total: int) -> int:
