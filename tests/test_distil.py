@@ -305,7 +305,11 @@ def test_pruning_is_bounded_by_its_patience():
     terms = [SimpleNamespace(origin="discovered", state="x", form=f"t{i}") for i in range(n)]
     # significance |coef / stderr| = i + 1: term 0 is tried first; only terms 0 and 3 are spurious
     coef = np.arange(1.0, n + 1)
-    tm = SimpleNamespace(terms=terms, coefficients=lambda values: np.asarray(values))
+    tm = SimpleNamespace(
+        terms=terms,
+        coefficients=lambda values: np.array(values, dtype=float),
+        with_coefficients=lambda params, values: np.array(values, dtype=float),
+    )
     tried = []
 
     class Refitter:
@@ -319,8 +323,38 @@ def test_pruning_is_bounded_by_its_patience():
     _, mask, pruned = _prune.prune_terms(tm, Refitter(), start, [True] * n)
     assert [p["term"] for p in pruned] == ["t0", "t3"]
     assert not mask[0] and not mask[3] and sum(mask) == n - 2
-    # t0 removed; t1, t2 rejected; t3 removed; then PATIENCE rejections in a row: stop
-    assert len(tried) == 2 + 2 + _prune.PATIENCE
+    # t0 removed; t1, t2 rejected; t3 removed; then PATIENCE rejections in a row end the
+    # pass; t3 and t0 are tried back once each (neither helps): stop
+    assert len(tried) == 2 + 2 + _prune.PATIENCE + 2
+
+
+def test_pruning_tries_back_a_true_term_that_spurious_ones_stood_in_for():
+    """Greedy elimination takes the true but least significant term t out first; the spurious
+    s stands in for it, so removing s is rejected. Tried back after the pass, t lowers the BIC,
+    and a second pass then removes s."""
+    from types import SimpleNamespace
+
+    from sciml.distil import _prune
+
+    names = ["t", "a", "s"]  # significance 1, 2, 3: t is tried first
+    terms = [SimpleNamespace(origin="discovered", state="x", form=n) for n in names]
+    bic = {"tas": 100, "as": 99, "s": 98, "": 105, "ts": 97, "t": 95, "ta": 96}
+
+    def fit(mask):
+        kept = "".join(n for n, m in zip(names, mask) if m)
+        return SimpleNamespace(
+            params=np.array([1.0, 2.0, 3.0]), stderr=np.ones(3), y0=None, bic=bic[kept], ok=True
+        )
+
+    tm = SimpleNamespace(
+        terms=terms,
+        coefficients=lambda values: np.array(values, dtype=float),
+        with_coefficients=lambda params, values: np.array(values, dtype=float),
+    )
+    refitter = SimpleNamespace(fit=lambda mask, start=None, y0=None: fit(mask))
+    result, mask, pruned = _prune.prune_terms(tm, refitter, fit([True] * 3), [True] * 3)
+    assert mask == [True, False, False] and result.bic == 95
+    assert [p["term"] for p in pruned] == ["a", "s"]
 
 
 # -- candidate search -----------------------------------------------------------------------------

@@ -360,3 +360,69 @@ def test_ensemble_is_refused_on_partial_data(tmp_path):
             show_progress=False,
         )
     assert not (tmp_path / "out" / "discovered.json").exists()
+
+
+# -- the selection's refit with unmeasured states ------------------------------------------------
+def _epidemic(k=2.0, s0=1.0, seed=0):
+    """dS/dt = -k S E, dE/dt = k S E - E; only E measured (2% noise), S's start unknown."""
+    t = np.linspace(0, 12, 41)
+    sol = solve_ivp(
+        lambda _, u: [-k * u[0] * u[1], k * u[0] * u[1] - u[1]],
+        (0, 12),
+        [s0, 0.01],
+        t_eval=t,
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    rng = np.random.default_rng(seed)
+    e = sol.y[1] * (1 + 0.02 * rng.standard_normal(len(t)))
+    model = model_from_dict(
+        {
+            "model": {
+                "states": ["S", "E"],
+                "parameters": {"k": {"value": 1.2, "min": 0}},
+                "equations": {"S": "-k*S*E", "E": "k*S*E"},
+            },
+            "residual": {"states": ["E"]},
+            "observed": {"states": ["E"]},
+            "initial": {"S": {"value": 0.5, "min": 0, "max": 5}},
+        }
+    )
+    ys = np.stack([np.full_like(t, np.nan), e], axis=1)
+    return model, sciml.from_arrays(["S", "E"], [t], [ys])
+
+
+def test_shared_theory_parameter_is_tied_in_the_term_model():
+    from sciml.distil import build_term_model
+
+    model, _ = _epidemic()
+    S, E = (model.symbol_table()[s] for s in ("S", "E"))
+    tm = build_term_model(model, [0.3], {"E": -0.5 * E})
+    forms = [(t.state, str(t.form)) for t in tm.terms]
+    assert forms == [("S", "E*S"), ("E", "E*S"), ("E", "E")]
+    index = tm.coefficient_index()
+    assert tm.ties == ((int(index[1]), int(index[0]), -1.0),)
+    # a formula that adds to the theory's term unties it: its coefficient is the data's to set
+    assert build_term_model(model, [0.3], {"E": 0.1 * S * E - 0.5 * E}).ties == ()
+
+
+def test_refit_with_an_unmeasured_state_keeps_ties_and_initial_bounds():
+    """Only E is measured: untied, the rate in dE/dt trades off against the unmeasured S's scale
+    (its initial value); tied to dS/dt's rate, the rate, the missing term and S's initial value
+    are all determined, the latter within its bounds."""
+    from sciml.distil import Refitter, build_term_model
+
+    model, data = _epidemic()
+    E = model.symbol_table()["E"]
+    tm = build_term_model(model, [1.2], {"E": -0.5 * E})
+    fit = fit_mechanistic(model, data, key=jax.random.key(0), n_starts=1)
+    refit = Refitter(tm, estimate_states(fit, data)).fit([True] * 3)
+    c = tm.coefficients(refit.params)
+    assert c[1] == -c[0]  # the tie holds exactly
+    # within their standard errors of the truth, which count S's fitted start (correlated
+    # with the rate; without it they were 30 times smaller than the error)
+    se = tm.coefficients(refit.stderr)
+    assert np.all(se < 0.1 * np.abs(c)), se
+    assert np.all(np.abs(c - [-2.0, 2.0, -1.0]) < 4 * se), (c, se)
+    assert 0.0 <= refit.y0[0, 0] <= 5.0 and abs(refit.y0[0, 0] - 1.0) < 0.2
+    assert refit.k == 2 + 2  # the rate (tied: one unknown), the missing term, two starts

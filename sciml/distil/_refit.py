@@ -14,7 +14,13 @@ import numpy as np
 import optimistix as optx
 
 from .._data import BLOW_UP, TrajectorySet
-from .._mechanistic import ParameterTransform, channel_residuals, pinned_initial, simulate
+from .._mechanistic import (
+    ParameterTransform,
+    channel_residuals,
+    initial_guesses,
+    pinned_initial,
+    simulate,
+)
 from .._model import MechanisticModel
 from .._smooth import smooth
 from ._terms import TermModel
@@ -98,7 +104,23 @@ class Refitter:
         if not fit_initial_state:
             free[shooting.first] = 0.0
         free[shooting.first] *= ~pinned_initial(model, data)  # known initial values
+        # An unmeasured state's fitted initial value stays within its `[initial]` bounds: it is
+        # fitted as a coordinate of `ParameterTransform`'s map, like the UDE's training does.
+        boxed = np.zeros(starts.shape, dtype=bool)
+        if data.partial:
+            declared = initial_guesses(model, data)[..., 1:3]
+            boxed[shooting.first] = (
+                data.unmeasured() & np.isfinite(declared).any(axis=-1) & (free[shooting.first] > 0)
+            )
+            lo, hi = (declared[boxed[shooting.first]][:, k] for k in (0, 1))
+        else:
+            lo = hi = np.zeros(0)
+        box_rows, box_cols = np.nonzero(boxed)
+        y0_map = ParameterTransform.make(np.clip(starts[boxed], lo, hi), lo, hi)
+        box_z0 = y0_map.to_z(np.clip(starts[boxed], lo, hi))
+        self._box = (box_rows, box_cols, y0_map, box_z0)
         starts, free = jnp.asarray(starts), jnp.asarray(free)
+        self._free = free
         self._first = shooting.first
         self._n_free = int(free.sum())
         scale = jnp.asarray(data.state_scale())
@@ -119,6 +141,14 @@ class Refitter:
         declared = np.asarray(term_model.known_values or model.guesses, dtype=float)
         known = jnp.asarray(self._known)
         known_values = jnp.asarray(np.where(self._known, declared, 0.0))
+        # Likewise one declared parameter's terms stay tied (-beta*S*I in dS/dt, +beta*S*I in
+        # dE/dt): untied, their ratio trades off against an unmeasured state's scale.
+        ties = np.asarray(term_model.ties if unmeasured else (), dtype=float).reshape(-1, 3)
+        self._ties = ties
+        self._tied = np.zeros(len(model.parameters), dtype=bool)
+        self._tied[ties[:, 0].astype(int)] = True
+        followers, leaders = (jnp.asarray(ties[:, j].astype(int)) for j in (0, 1))
+        ratios = jnp.asarray(ties[:, 2])
 
         def unpack(theta, args):
             # theta: the free numbers only (the active coefficients, padded to a bucket, and
@@ -126,8 +156,10 @@ class Refitter:
             z_free, dy0 = theta
             pmask, index, zbase = args
             z = zbase.at[index].set(z_free)[:-1]
-            params = jnp.where(known, known_values, to_params(z)) * pmask
+            params = jnp.where(known, known_values, to_params(z))
+            params = params.at[followers].set(ratios * params[leaders]) * pmask
             y0s = starts + free * dy0 * scale
+            y0s = y0s.at[box_rows, box_cols].set(y0_map.to_p(box_z0 + dy0[box_rows, box_cols]))
             return params, y0s
 
         def residuals(theta, args):
@@ -155,7 +187,7 @@ class Refitter:
             )
             r = residuals(sol.value, args)
             jac = jax.jacfwd(lambda th: residuals(th, args))(sol.value)
-            return sol.value, jnp.sum(r**2), jac[0], sol.stats["num_steps"]
+            return sol.value, jnp.sum(r**2), jac, sol.stats["num_steps"]
 
         self._unpack = eqx.filter_jit(unpack)
         self._run = run
@@ -174,7 +206,7 @@ class Refitter:
         # Only the parameters that can move are unknowns of the least squares (a switched-off
         # term's coefficient is 0 whatever its value, a known one is held): each unknown costs
         # one forward-mode derivative of the ODE solve per iteration.
-        active = np.flatnonzero((pmask > 0) & ~self._known)
+        active = np.flatnonzero((pmask > 0) & ~self._known & ~self._tied)
         index = np.full(_bucket(len(active), len(p0)), len(p0))  # padding: the dummy slot
         index[: len(active)] = active
         zbase = np.append(z0, 0.0)
@@ -184,10 +216,16 @@ class Refitter:
             first = self._first
             shift = (jnp.asarray(y0) - self._starts[first]) / jnp.asarray(self.data.state_scale())
             dy0 = dy0.at[first].set(shift)
-        theta, sse, jz, steps = self._run((jnp.asarray(zbase[index]), dy0), args)
+            rows, cols, y0_map, z0 = self._box
+            if len(rows):  # bounded initial values: the shift is in the map's coordinate
+                pieces = {int(p): i for i, p in enumerate(np.asarray(first))}
+                given = np.asarray(y0)[[pieces[int(r)] for r in rows], cols]
+                clipped = np.clip(given, y0_map.lower, y0_map.upper)
+                dy0 = dy0.at[rows, cols].set(y0_map.to_z(clipped) - z0)
+        theta, sse, jac, steps = self._run((jnp.asarray(zbase[index]), dy0), args)
         params, y0s = self._unpack(theta, args)
         params, sse = np.asarray(params), float(sse)
-        k = int(((pmask > 0) & ~self._known).sum()) + self._n_free
+        k = len(active) + self._n_free
         # Standard errors from the Jacobian in z at the optimum, cov_z = s² (JᵀJ)⁻¹ (active
         # columns), carried to the parameters by the delta method: se_p = |dp/dz| se_z (the
         # maps are elementwise; a parameter pressed against a bound gets a standard error ~0).
@@ -195,14 +233,21 @@ class Refitter:
         z[index] = np.asarray(theta[0])
         z = jnp.asarray(z[:-1])
         dpdz = np.asarray(jax.jvp(self._to_params, (z,), (jnp.ones_like(z),))[1])
-        jz = np.asarray(jz)[:, : len(active)]
+        # The fitted initial states' columns too: a coefficient correlated with a start (a
+        # rate with an unmeasured state's scale) is only as determined as the pair is.
+        jz = np.asarray(jac[0])[:, : len(active)]
+        jy = np.asarray(jac[1]).reshape(len(jz), -1)[:, np.asarray(self._free).ravel() > 0]
+        jz = np.concatenate([jz, jy], axis=1)
         stderr = np.zeros(len(params))
         dof = max(self.n - k, 1)
         try:
             cov = np.linalg.pinv(jz.T @ jz) * (sse / dof)
-            stderr[active] = np.abs(dpdz[active]) * np.sqrt(np.clip(np.diag(cov), 0, None))
+            var = np.clip(np.diag(cov)[: len(active)], 0, None)
+            stderr[active] = np.abs(dpdz[active]) * np.sqrt(var)
         except np.linalg.LinAlgError:
             stderr[active] = np.nan
+        for follower, leader, ratio in self._ties:
+            stderr[int(follower)] = abs(ratio) * stderr[int(leader)]
         ok = math.isfinite(sse) and sse < _FAILED**2 and bool(np.all(np.isfinite(params)))
         y0 = np.asarray(y0s)[self._first]
         return Refit(params, stderr, y0, sse, self.n, k, ok, int(steps))

@@ -41,6 +41,11 @@ class TermModel:
     # per parameter: the declared model's value of a term that only known (fixed) parameters
     # make, NaN elsewhere; `model.fixed` marks them (`Refitter` keeps them with unmeasured states)
     known_values: tuple[float, ...] = ()
+    # (follower, leader, ratio): parameter positions of theory terms whose declared
+    # coefficients are multiples of one expression of free parameters (`-beta` in dS/dt and
+    # `beta` in dE/dt): tied, the follower is `ratio` times the leader (`Refitter` ties them
+    # where states are unmeasured)
+    ties: tuple[tuple[int, int, float], ...] = ()
 
     def coefficient_index(self) -> np.ndarray:
         """Position in a parameter vector of each term's coefficient."""
@@ -165,6 +170,10 @@ def build_term_model(
         return name
 
     ones = {p: sp.Integer(1) for p in model.parameter_symbols}
+    leaders: dict[
+        sp.Expr, tuple[int, float]
+    ] = {}  # free-parameter expression -> (position, factor)
+    ties: list[tuple[int, int, float]] = []
     names, guesses, bounds, equations, terms = [], [], [], [], []
     known, given = [], {p for p, f in zip(model.parameter_symbols, model.fixed) if f}
     known_values: list[float] = []
@@ -183,11 +192,14 @@ def build_term_model(
         # formula's coefficients cancel (a library term x beside the theory's -x): its
         # coefficient then starts at 0 and the refit moves it.
         merged: dict[sp.Expr, float] = {}
-        for part in parts:
+        from_formula: set[sp.Expr] = set()
+        for i, part in enumerate(parts):
             for term in sp.Add.make_args(sp.expand(part)):
                 if term != 0:
                     coeff, rest = term.as_coeff_Mul()
                     merged[rest] = merged.get(rest, 0.0) + float(coeff)
+                    if i:
+                        from_formula.add(rest)
         rhs = sp.Integer(0)
         for k, (rest, coeff) in enumerate(merged.items()):
             inner = sorted(rest.atoms(sp.Float), key=str)
@@ -212,10 +224,18 @@ def build_term_model(
             # formula's term of the same form is then dropped)
             known.append(theory and not declared[rest].free_symbols - given)
             known_values.append(float(declared[rest].xreplace(subs)) if known[-1] else np.nan)
+            if theory and not known[-1] and rest not in from_formula:
+                factor, shared = declared[rest].as_coeff_Mul()
+                if shared in leaders and float(factor) and leaders[shared][1]:
+                    ties.append(
+                        (len(names) - 1, leaders[shared][0], float(factor / leaders[shared][1]))
+                    )
+                else:
+                    leaders.setdefault(shared, (len(names) - 1, float(factor)))
             terms.append(Term(state, rest, origin, pname))
         equations.append(rhs)
     new = model.with_equations(equations, names, guesses, known, values=mech_params)
     if np.isfinite(bounds).any():
         clipped = tuple(float(np.clip(g, *b)) for g, b in zip(guesses, bounds))
         new = dataclasses.replace(new, guesses=clipped, bounds=tuple(bounds))
-    return TermModel(new, tuple(terms), tuple(known_values))
+    return TermModel(new, tuple(terms), tuple(known_values), tuple(ties))
