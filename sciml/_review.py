@@ -390,6 +390,19 @@ def _refit(run: _Loaded, chosen: dict[str, set[tuple[str, str]]]):
         tm, run.train, fit_initial_state=run.settings.fit_initial_state, blow_up=math.inf
     )
     fit = fitter.fit(mask, start=start)
+    # Without a true term the model can diverge within one shooting piece, and the least
+    # squares then chase a blow-up: shorter pieces (each from its own fitted start) fit it.
+    for _ in range(3):
+        if fit.ok or not math.isfinite(fitter.horizon):
+            break
+        fitter = Refitter(
+            tm,
+            run.train,
+            fit_initial_state=run.settings.fit_initial_state,
+            blow_up=math.inf,
+            horizon=fitter.horizon / 2,
+        )
+        fit = fitter.fit(mask, start=start)
     if not fit.ok:
         raise NumericalError(
             "the reviewed model cannot be refit to the data (its solve fails)",

@@ -93,6 +93,7 @@ class Refitter:
         if horizon is None:
             horizon = SHOOTING_PERIODS * 2 * math.pi * smooth(data).time_scale()
         shooting = data.segments(horizon)
+        self.horizon = horizon
         self.data = data
         model = term_model.model
         ts, ys, mask = (jnp.asarray(a) for a in shooting.pieces.padded())
