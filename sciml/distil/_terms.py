@@ -170,9 +170,8 @@ def build_term_model(
         return name
 
     ones = {p: sp.Integer(1) for p in model.parameter_symbols}
-    leaders: dict[
-        sp.Expr, tuple[int, float]
-    ] = {}  # free-parameter expression -> (position, factor)
+    # free-parameter expression (`beta`) -> (position, factor) of the first term it makes
+    leaders: dict[sp.Expr, tuple[int, float]] = {}
     ties: list[tuple[int, int, float]] = []
     names, guesses, bounds, equations, terms = [], [], [], [], []
     known, given = [], {p for p, f in zip(model.parameter_symbols, model.fixed) if f}
