@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checkpoint import Checkpoint
@@ -136,7 +137,7 @@ class UDEConfig(Config):
     adam_steps: int = 1500  # per window, at most
     learning_rate: float = 3e-3
     lbfgs_steps: int = 300
-    linesearch_steps: int = 10
+    linesearch_steps: int = 10  # L-BFGS: halvings of a step before the gradient is tried
     penalty: float = 1e-4  # weight of mean squared (scaled) network output
     train_mechanistic: bool = True
     rtol: float = 1e-6
@@ -371,21 +372,120 @@ def _collocation_chunk(trainable, static, opt_state, t, x, dydt, dscale, *, opti
     return _first_order_steps(loss, trainable, opt_state, optimizer, n)
 
 
+class LBFGSState(eqx.Module):
+    """L-BFGS memory over the flattened trainable leaves: the last `m` steps `s` and gradient
+    changes `y` (a ring buffer, `count` pairs stored in all), the point and gradient of the last
+    step, and whether the method is stuck (no step along the gradient lowered the loss)."""
+
+    s: Float[Array, "m n"]
+    y: Float[Array, "m n"]
+    count: Array
+    x: Float[Array, " n"]
+    x_prev: Float[Array, " n"]
+    g_prev: Float[Array, " n"]
+    started: Array
+    stuck: Array
+    value: Array  # the loss at x (inf before the first step)
+
+
+def lbfgs_init(trainable, memory: int = 10) -> LBFGSState:
+    flat, _ = ravel_pytree(trainable)
+    zeros = jnp.zeros((memory, flat.size), flat.dtype)
+    no = jnp.asarray(False)
+    count, inf = jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, flat.dtype)
+    return LBFGSState(zeros, zeros, count, flat, flat, flat, no, no, inf)
+
+
+def _two_loop(g, state: LBFGSState):
+    """-H·g by the two-loop recursion over the stored pairs (H0 = s·y / y·y of the newest)."""
+    m = state.s.shape[0]
+    k = jnp.minimum(state.count, m)
+    rho = 1.0 / jnp.maximum(jnp.sum(state.s * state.y, axis=1), 1e-300)
+
+    def newest_first(i, carry):
+        q, alpha = carry
+        j = (state.count - 1 - i) % m
+        a = jnp.where(i < k, rho[j] * (state.s[j] @ q), 0.0)
+        return q - a * state.y[j], alpha.at[j].set(a)
+
+    q, alpha = jax.lax.fori_loop(0, m, newest_first, (g, jnp.zeros(m, g.dtype)))
+    last = (state.count - 1) % m
+    gamma = (state.s[last] @ state.y[last]) / jnp.maximum(state.y[last] @ state.y[last], 1e-300)
+
+    def oldest_first(i, r):
+        j = (state.count - k + i) % m
+        b = rho[j] * (state.y[j] @ r)
+        return jnp.where(i < k, r + state.s[j] * (alpha[j] - b), r)
+
+    return -jax.lax.fori_loop(0, m, oldest_first, gamma * q)
+
+
+def _lbfgs_step(loss, unravel, state: LBFGSState, max_halvings: int):
+    """One L-BFGS step with a backtracking (Armijo) line search that evaluates the loss only:
+    one gradient per step, so the compiled program holds one adjoint solve. A pair (s, y) with
+    s·y <= 0 (possible without the Wolfe curvature condition) is not stored."""
+    flat_loss = lambda x: loss(unravel(x))  # noqa: E731
+    x = state.x
+    value, g = jax.value_and_grad(flat_loss)(x)
+    s, y = x - state.x_prev, g - state.g_prev
+    keep = state.started & (s @ y > 1e-12 * jnp.linalg.norm(s) * jnp.linalg.norm(y))
+    j = state.count % state.s.shape[0]
+    state = dataclasses.replace(
+        state,
+        s=jnp.where(keep, state.s.at[j].set(s), state.s),
+        y=jnp.where(keep, state.y.at[j].set(y), state.y),
+        count=state.count + keep,
+    )
+    steepest = -g / jnp.maximum(jnp.linalg.norm(g), 1.0)  # first step: a ball of radius 1
+    d = jnp.where(state.count > 0, _two_loop(g, state), steepest)
+    d = jnp.where(g @ d < 0, d, steepest)
+    slope = g @ d
+
+    def searching(c):
+        eta, v, i = c
+        armijo = jnp.isfinite(v) & (v <= value + 1e-4 * eta * slope)
+        return (i == 0) | (~armijo & (i <= max_halvings))
+
+    def halve(c):
+        eta, _, i = c
+        eta = jnp.where(i == 0, 1.0, 0.5 * eta)
+        return eta, flat_loss(x + eta * d), i + 1
+
+    eta, v, _ = jax.lax.while_loop(searching, halve, (1.0, jnp.inf, 0))
+    ok = jnp.isfinite(v) & (v <= value + 1e-4 * eta * slope) & (v < value)
+    # A search that finds no lower loss forgets the memory and tries the gradient next; along
+    # the gradient too: stuck (a minimum, to the line search's resolution), and later steps
+    # cost nothing.
+    state = dataclasses.replace(
+        state,
+        x=jnp.where(ok, x + eta * d, x),
+        x_prev=x,
+        g_prev=g,
+        started=ok,
+        count=jnp.where(ok, state.count, 0),
+        stuck=~ok & (state.count == 0),
+        value=jnp.where(ok, v, value),
+    )
+    return state, state.value
+
+
 @eqx.filter_jit
-def _lbfgs_chunk(trainable, static, opt_state, ts, obs, mask, scale, *, optimizer, config, n):
+def _lbfgs_chunk(trainable, static, opt_state, ts, obs, mask, scale, *, config, n):
+    """`n` L-BFGS steps from `opt_state` (whose `x` is the trainable leaves, flattened): the
+    new trainable leaves, state and the loss after each step."""
     loss = _make_loss(static, ts, obs, mask, scale, config)
-    value_and_grad = optax.value_and_grad_from_state(loss)
+    _, unravel = ravel_pytree(trainable)
 
-    def step(carry, _):
-        params, state = carry
-        value, grads = value_and_grad(params, state=state)
-        updates, state = optimizer.update(
-            grads, state, params, value=value, grad=grads, value_fn=loss
+    def step(state, _):
+        return jax.lax.cond(
+            state.stuck,
+            lambda st: (st, st.value),
+            lambda st: _lbfgs_step(loss, unravel, st, config.linesearch_steps),
+            state,
         )
-        return (optax.apply_updates(params, updates), state), value
 
-    (trainable, opt_state), values = jax.lax.scan(step, (trainable, opt_state), None, length=n)
-    return trainable, opt_state, values
+    opt_state, values = jax.lax.scan(step, opt_state, None, length=n)
+    return unravel(opt_state.x), opt_state, values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,14 +493,14 @@ class _TrainState:
     trainable: object
     adam: object
     lbfgs: object
-    best: object
 
     def leaves(self):
-        return (self.trainable, self.adam, self.lbfgs, self.best)
+        return (self.trainable, self.adam, self.lbfgs)
 
 
 def _fingerprint(config: UDEConfig, fit: MechanisticFit, data: TrajectorySet) -> str:
-    fp = Fingerprint().json(config.to_dict())
+    # The optimisers' states are part of a checkpoint: another L-BFGS's state does not resume.
+    fp = Fingerprint().json({**config.to_dict(), "lbfgs": "armijo-v1"})
     for a in (fit.params, fit.y0, *data.padded()):
         fp.array(a, np.float64)
     return fp.hexdigest(16)
@@ -427,12 +527,6 @@ class _Checkpoint:
 
     def remove(self) -> None:
         self.checkpoint.remove()
-
-
-def _strong(tree):
-    """The same tree without weak types (optax's initial L-BFGS state has weakly typed scalars
-    that its updates do not, which would compile the L-BFGS chunk twice)."""
-    return jax.tree.map(lambda x: jnp.array(x, dtype=x.dtype) if eqx.is_array(x) else x, tree)
 
 
 def _validation_split(mask: np.ndarray, every: int) -> tuple[np.ndarray, np.ndarray]:
@@ -587,24 +681,18 @@ def train_ude(
     trainable, static = eqx.partition((ude, y0s), filter_spec)
 
     optimizer = optimizer if optimizer is not None else optax.adam(config.learning_rate)
-    lbfgs = optax.lbfgs(
-        linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=config.linesearch_steps)
-    )
     plan = _plan(config)
     total = sum(n for *_, n, _ in plan)
-    full_loss = eqx.filter_jit(_make_loss(static, ts, obs, mask, scale, config))
     state = _TrainState(
         trainable=trainable,
         adam=optimizer.init(trainable),
-        lbfgs=_strong(lbfgs.init(trainable)),
-        best=trainable,
+        lbfgs=lbfgs_init(trainable),
     )
     history: dict[str, list[float]] = {
         "collocation": [],
         "adam": [],
         "lbfgs": [],
         "validation": [],
-        "best": [math.inf],
     }
     early: dict = {"stopped": []}
     done = 0
@@ -650,9 +738,8 @@ def train_ude(
             state = dataclasses.replace(state, trainable=trainable, adam=opt_state)
             label = f"Adam, window {fraction:.0%}"
         else:
-            if not history["lbfgs"]:
-                history["best"] = [float(full_loss(state.trainable))]
-                state = dataclasses.replace(state, best=state.trainable)
+            if not history["lbfgs"]:  # L-BFGS starts where Adam stopped
+                state = dataclasses.replace(state, lbfgs=lbfgs_init(state.trainable))
             candidate, lbfgs_state, values = _lbfgs_chunk(
                 state.trainable,
                 static,
@@ -661,15 +748,12 @@ def train_ude(
                 obs,
                 train_mask,
                 scale,
-                optimizer=lbfgs,
                 config=config,
                 n=n,
             )
             if np.all(np.isfinite(np.asarray(values))):
+                # Every step it takes lowers the loss: its last point is its best.
                 state = dataclasses.replace(state, trainable=candidate, lbfgs=lbfgs_state)
-                if float(values[-1]) < history["best"][-1]:
-                    state = dataclasses.replace(state, best=candidate)
-                    history["best"] = [float(values[-1])]
             else:
                 stopped = True  # keep the last good parameters: a NaN never reaches the model
             label = "L-BFGS, whole series"
@@ -689,7 +773,7 @@ def train_ude(
             ckpt.save(state, history, k + 1, early)
         if progress is not None:
             progress(label, sum(m for *_, m, _ in plan[: k + 1]), total, float(values[-1]))
-    trainable = state.best if history["lbfgs"] else state.trainable
+    trainable = state.trainable
     ude, y0s = eqx.combine(trainable, static)
     y0s = _initial_states(y0s, *obs[3:])
     leaves = jax.tree.leaves(eqx.filter(ude, eqx.is_inexact_array))

@@ -39,7 +39,7 @@ from .distil import (
     model_field,
     rmse,
     select_and_refit,
-    simulate_field,
+    simulate_grids,
 )
 
 log = logging.getLogger("sciml")
@@ -315,18 +315,6 @@ def _horizon(data: TrajectorySet, test: TrajectorySet | None, extrapolate: float
     return np.stack(grids)
 
 
-def _holdout_rmse(field, y0s, train: TrajectorySet, test: TrajectorySet) -> np.ndarray:
-    """RMSE on the held-out tails, integrating each trajectory from its own start."""
-    idx = [train.names.index(n) for n in test.names]
-    ts, _, _ = train.padded()
-    tts, tys, tmask = test.padded()
-    if test.partial:  # the measured values only
-        tmask = test.padded_channels()[1][..., : len(test.states)]
-    full = np.concatenate([ts[idx], tts], axis=1)
-    pred, _ = simulate_field(field, np.asarray(y0s)[idx], full)
-    return rmse(pred[:, ts.shape[1] :], tys, tmask)
-
-
 def evaluation_stage(
     model: MechanisticModel,
     fit: MechanisticFit,
@@ -390,15 +378,22 @@ def evaluate_fields(
     data_max = _largest(train)
     metrics: dict[str, Any] = {"extrapolation_bounded": {}}
     dense: dict[str, np.ndarray] = {}
+    if test is not None:  # the held-out tails, each trajectory integrated from its own start
+        idx = [train.names.index(n) for n in test.names]
+        tts, tys, tmask = test.padded()
+        if test.partial:  # the measured values only
+            tmask = test.padded_channels()[1][..., : len(states)]
+        full = np.concatenate([ts[idx], tts], axis=1)
     for name, (field, y0s) in models.items():
-        pred, _ = simulate_field(field, y0s, ts)
+        y0s = np.asarray(y0s)
+        runs = [(y0s, ts), (y0s, grid)] + ([(y0s[idx], full)] if test is not None else [])
+        (pred, _), (dense[name], ok), *held = simulate_grids(field, runs)
         metrics[f"{name}_rmse"] = dict(zip(states, rmse(pred, ys, mask).tolist()))
         if train.observables:  # and of every observation equation's column
             metrics[f"{name}_rmse"].update(_observation_rmse(field, pred, train))
-        if test is not None:
-            err = _holdout_rmse(field, y0s, train, test)
+        if held:
+            err = rmse(held[0][0][:, ts.shape[1] :], tys, tmask)
             metrics[f"{name}_rmse_holdout"] = dict(zip(states, err.tolist()))
-        dense[name], ok = simulate_field(field, y0s, grid)
         bounded = bool(np.all(ok)) and bool(np.all(np.abs(dense[name]) <= 10 * data_max))
         metrics["extrapolation_bounded"][name] = bounded
     if "final" in dense and "ude" in dense:

@@ -28,7 +28,7 @@ from ._candidates import (
     formula_search,
     polynomial_search,
 )
-from ._evaluate import ModelField, model_field, rmse, simulate_field
+from ._evaluate import ModelField, model_field, rmse, simulate_field, simulate_grids
 from ._prune import prune_terms
 from ._refit import SHOOTING_PERIODS, Refit, Refitter
 from ._sampling import DATA_SOURCE, DenseSamples, dense_samples
@@ -62,4 +62,5 @@ __all__ = [
     "rmse",
     "select_and_refit",
     "simulate_field",
+    "simulate_grids",
 ]

@@ -24,6 +24,27 @@ def simulate_field(field, y0s: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, 
     return np.asarray(ys), np.asarray(ok)
 
 
+def simulate_grids(
+    field, runs: list[tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`simulate_field` for several (y0s, ts) pairs of different widths in one compiled
+    program: the time rows are padded to one width by repeating their last time, solved as
+    one batch and cut back. One compilation per field instead of one per width; every row is
+    still its own solve, so a failure past one grid's end does not touch another's."""
+    width = max(ts.shape[1] for _, ts in runs)
+    y0s = np.concatenate([np.asarray(y0) for y0, _ in runs])
+    ts = np.concatenate(
+        [np.pad(t, ((0, 0), (0, width - t.shape[1])), mode="edge") for _, t in runs]
+    )
+    ys, ok = simulate_field(field, y0s, ts)
+    out, start = [], 0
+    for _, t in runs:
+        stop = start + t.shape[0]
+        out.append((ys[start:stop, : t.shape[1]], ok[start:stop]))
+        start = stop
+    return out
+
+
 class ModelField(eqx.Module):
     """A `MechanisticModel` with fixed parameter values, as a vector field module."""
 
