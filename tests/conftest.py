@@ -65,6 +65,15 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
-def shared_results(tmp_path_factory) -> Path:
-    """A results (cache) folder shared by the session's discovery runs."""
-    return tmp_path_factory.mktemp("results")
+def shared_results(tmp_path_factory, worker_id) -> Path:
+    """A results (cache) folder shared by the session's discovery runs, in every pytest-xdist
+    worker: the quick discovery of the bundled data that several files run through the Prefect
+    flow is then trained once per test run, not once per worker. The stages' own file locks
+    (`pipelines._cache`, a lock per cache key) make the second worker wait for the first and
+    read its record. Outside xdist (`worker_id` "master") the base temporary folder's parent
+    is shared with earlier runs, so the folder is the session's own."""
+    if worker_id == "master":
+        return tmp_path_factory.mktemp("results")
+    folder = tmp_path_factory.getbasetemp().parent / "shared-results"
+    folder.mkdir(exist_ok=True)
+    return folder

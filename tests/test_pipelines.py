@@ -400,7 +400,12 @@ def quick_params(out: Path, results: Path) -> DiscoverParams:
 
 @pytest.mark.slow
 def test_discover_end_to_end(prefect_harness, frozen_library, shared_results, tmp_path):
-    """Every stage of the discovery flow; a second run reuses the cached stages."""
+    """Every stage of the discovery flow; a second run reuses the cached stages.
+
+    The results folder is shared by every xdist worker (conftest.py), so the first run's stages
+    were computed here or by another file's run of the same settings (test_review, test_server)
+    in either worker; which one got there first depends on scheduling. That a stage computes on
+    a fresh key and is a cache hit after is test_ude_training_is_cached's."""
     from pipelines.flows import discover
 
     params = quick_params(tmp_path / "a", shared_results)
@@ -409,7 +414,7 @@ def test_discover_end_to_end(prefect_harness, frozen_library, shared_results, tm
     runs = task_runs(state.state_details.flow_run_id)
     for stage in ("ingest", "mechanistic-fit", "ude-training", "dense-sampling", "symbolic-sindy"):
         assert stage in runs
-    assert runs["selection-and-refit"] == "Completed"
+    assert runs["selection-and-refit"] in ("Completed", "Cached")
     result = json.loads((tmp_path / "a" / "discovered.json").read_text())
     assert set(result["equations"]) == {"x", "y"}
     for name in ("config.json", "ude.eqx", "equations.csv", "run.log"):
