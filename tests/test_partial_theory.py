@@ -27,7 +27,7 @@ VDP_DATA, VDP_MODEL = "data/van_der_pol/van_der_pol.csv", "data/van_der_pol/mode
 @pytest.fixture(scope="module")
 def vdp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("vdp") / "run"
-    run_discovery(VDP_DATA, VDP_MODEL, out, seed=0, show_progress=False)
+    run_discovery(VDP_DATA, VDP_MODEL, out, seed=0, quick=True, show_progress=False)
     return out
 
 
@@ -89,7 +89,9 @@ S_, E_, I_ = (sp.Symbol(n) for n in "SEI")
 @pytest.fixture(scope="module")
 def seir_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("seir") / "run"
-    run_discovery(SEIR_DATA, SEIR_MODEL, out, seed=0, engines=("sindy",), show_progress=False)
+    run_discovery(
+        SEIR_DATA, SEIR_MODEL, out, seed=0, engines=("sindy",), quick=True, show_progress=False
+    )
     return out
 
 
