@@ -27,11 +27,14 @@ import warnings
 import weakref
 
 import numpy as np
+import scipy.optimize
 from scipy.interpolate import make_smoothing_spline
 
 from ._data import TrajectorySet
 
 MIN_SPLINE_POINTS = 5
+MIN_NOISE_POINTS = 64  # samples below which every least-squares weight is 1
+WEIGHT_FLOOR = 0.1  # least-squares weights at most ~10x their mean (`Smoothed.noise_weights`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,39 @@ class Smoothed:
             moving = (spread > 0) & (speed > 0)
             scales.extend(spread[moving] / speed[moving])
         return float(np.median(scales)) if scales else math.inf
+
+    def noise_weights(self, data: TrajectorySet) -> np.ndarray:
+        """(n, D) least-squares weights of the samples from the noise the smoothing implies,
+        one per sample and state, mean 1 per state.
+
+        Per state, the squared differences data - smooth are regressed (non-negative least
+        squares) on (1, smooth**2): noise of a fixed size and noise proportional to the value.
+        The weight is 1 / the modelled standard deviation: where the data show noise that
+        grows with the value, small values weigh more, as maximum likelihood asks; where the
+        noise is of one size, every weight is 1. The modelled variance is floored at
+        `WEIGHT_FLOOR**2` times its mean, so no weight exceeds ~`1 / WEIGHT_FLOOR`.
+        Every weight is 1 with partial observation (the smoothing there is of estimates) and
+        on fewer than `MIN_NOISE_POINTS` samples, too few to tell the two parts apart reliably
+        (the threshold below which the smoothing's two-fold cross-validation is not used
+        either)."""
+        n, d = self.y.shape
+        if data.partial or n < MIN_NOISE_POINTS:
+            return np.ones((n, d))
+        raw = np.concatenate([tr.y for tr in data.trajectories])
+        weights = np.ones((n, d))
+        for j in range(d):
+            r2, level = (raw[:, j] - self.y[:, j]) ** 2, self.y[:, j] ** 2
+            if not np.any(r2 > 0):
+                continue
+            design = np.stack([np.ones(n), level], axis=1)
+            coef, _ = scipy.optimize.nnls(design, r2)
+            var = design @ coef
+            mean = float(np.mean(var))
+            if not mean > 0:
+                continue
+            sd = np.sqrt(np.maximum(var, WEIGHT_FLOOR**2 * mean))
+            weights[:, j] = (1.0 / sd) / np.mean(1.0 / sd)
+        return weights
 
     def noise(self, data: TrajectorySet) -> np.ndarray:
         """Per-state standard deviation of data minus smooth: the noise level it implies."""

@@ -41,6 +41,25 @@ def test_smoothed_derivative_follows_the_true_one_under_noise():
     assert 0.5 < implied / (0.03 * np.mean(np.abs(logistic(t)))) < 1.5
 
 
+def test_noise_weights_follow_the_noise_model_the_data_show():
+    """Noise proportional to the value (here the logistic curve from 5 to 70): the weights
+    fall as the value grows, about as 1/value; noise of one size: every weight near 1."""
+    t = np.linspace(0, 10, 400)
+    y = logistic(t)
+    rng = np.random.default_rng(3)
+    proportional = y * (1 + 0.05 * rng.standard_normal(len(t)))
+    additive = y + 0.05 * np.mean(y) * rng.standard_normal(len(t))
+    for values, kind in ((proportional, "proportional"), (additive, "additive")):
+        data = sciml.from_arrays(["x"], [t], [values[:, None]])
+        w = smooth(data).noise_weights(data)[:, 0]
+        assert w.shape == (len(t),) and abs(w.mean() - 1) < 1e-9
+        if kind == "proportional":
+            small, large = w[y < 15].mean(), w[y > 60].mean()
+            assert 2.5 < small / large < 10, (small, large)
+        else:
+            assert 0.75 < w.min() and w.max() < 1.3, (w.min(), w.max())
+
+
 def test_smoothing_is_scale_free():
     """Rescaling time and states rescales the smoothed derivative and changes nothing else."""
     a = smooth(logistic_set(noise=0.03))
