@@ -13,8 +13,8 @@
    `Candidate`), the best by BIC kept.
 5. Pruning (`prune_terms`): discovered terms whose removal does not worsen the fit beyond the
    noise level (BIC) are removed, one at a time.
-6. Evaluation (`model_field`, `simulate_field`, `rmse`): a fitted model as a vector field,
-   simulated from given starts and compared with the data.
+6. Evaluation (`model_field`, `simulate_field`, `simulate_grids`, `rmse`): a fitted model as a
+   vector field, simulated from given starts and compared with the data.
 """
 
 from ._candidates import (
