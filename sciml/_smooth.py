@@ -33,7 +33,8 @@ from scipy.interpolate import make_smoothing_spline
 from ._data import TrajectorySet
 
 MIN_SPLINE_POINTS = 5
-MIN_NOISE_POINTS = 64  # samples below which every least-squares weight is 1
+_MIN_HALF = 32  # two-fold cross-validation checks GCV only where each half has this many points
+MIN_NOISE_POINTS = 2 * _MIN_HALF  # samples below which every least-squares weight is 1
 WEIGHT_FLOOR = 0.1  # least-squares weights at most ~10x their mean (`Smoothed.noise_weights`)
 
 
@@ -91,13 +92,11 @@ class Smoothed:
         weights = np.ones((n, d))
         for j in range(d):
             r2, level = (raw[:, j] - self.y[:, j]) ** 2, self.y[:, j] ** 2
-            if not np.any(r2 > 0):
-                continue
             design = np.stack([np.ones(n), level], axis=1)
             coef, _ = scipy.optimize.nnls(design, r2)
             var = design @ coef
             mean = float(np.mean(var))
-            if not mean > 0:
+            if not mean > 0:  # no residual at all (noise-free data, or a constant state)
                 continue
             sd = np.sqrt(np.maximum(var, WEIGHT_FLOOR**2 * mean))
             weights[:, j] = (1.0 / sd) / np.mean(1.0 / sd)
@@ -112,7 +111,6 @@ class Smoothed:
 _LOG_LAMBDAS = np.arange(-14.0, 1.01, 0.5)  # roughness penalties searched (scaled units)
 _REFINE = np.arange(-0.5, 0.51, 0.125)  # then finer steps around the best
 _CV_TOLERANCE = 0.02
-_MIN_HALF = 32  # two-fold cross-validation checks GCV only where each half has this many points
 
 
 def _cv_error(u: np.ndarray, v: np.ndarray, lam: float | None) -> float:

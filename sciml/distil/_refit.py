@@ -78,7 +78,8 @@ class Refitter:
     residuals). Where noise grows with the value, least squares that weigh every sample alike
     let the largest, noisiest values decide, and small spurious terms that follow their noise
     look significant to the BIC (a chaotic Chen-Lee system with 5% multiplicative noise kept a
-    0.0003*x1**3 beside its true terms). With partial observation every weight is 1.
+    0.0003*x1**3 beside its true terms). Every weight is 1 where `noise_weights` cannot tell
+    (partial observation, fewer than `MIN_NOISE_POINTS` samples).
     """
 
     def __init__(
@@ -136,17 +137,11 @@ class Refitter:
         seen = seen * mask[..., None]
         cscale = jnp.asarray(data.channel_scale())
         if not data.partial:  # each sample weighted by the noise the data show at its size
-            weights = smooth(data).noise_weights(data)
-            cut = np.cumsum([len(tr.t) for tr in data.trajectories])[:-1]
-            as_data = dataclasses.replace(
-                data,
-                trajectories=tuple(
-                    dataclasses.replace(tr, y=w)
-                    for tr, w in zip(data.trajectories, np.split(weights, cut))
-                ),
-            )
-            w = as_data.segments(horizon).pieces.padded()[1]
-            cscale = cscale / jnp.asarray(np.where(np.isfinite(w) & (w > 0), w, 1.0))
+            weights = smooth(data).noise_weights(data)  # (samples, D), in the data's order
+            w = np.ones(ys.shape)
+            for p, (row, piece) in enumerate(zip(shooting.rows, shooting.pieces.trajectories)):
+                w[p, : len(piece.t)] = weights[row : row + len(piece.t)]
+            cscale = cscale / jnp.asarray(w)
         self.n = int(np.asarray(seen).sum())  # the measured values
         bound = jnp.asarray(data.blow_up_bound(blow_up))
         self._to_params, self._to_z = _parameter_maps(model)
