@@ -34,6 +34,14 @@ def _discovery_args(d: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--quick", action="store_true", help="fewer training steps (smoke runs)")
     d.add_argument(
+        "--ude",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="UDE training settings over the default or --quick schedule, e.g. "
+        "adam_steps=50,lbfgs_steps=10,windows=0.5,1.0 (repeatable; docs/cli.md)",
+    )
+    d.add_argument(
         "--holdout",
         type=float,
         default=0.0,
@@ -163,6 +171,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     s.add_argument("--engines", default="sindy,operon", help="symbolic engines (no pysr)")
     s.add_argument("--quick", action="store_true")
+    s.add_argument(
+        "--ude",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="UDE training settings over the default or --quick schedule, e.g. "
+        "adam_steps=50,lbfgs_steps=10,windows=0.5,1.0 (repeatable; docs/cli.md)",
+    )
     s.add_argument("--holdout", type=float, default=0.0)
     s.add_argument(
         "--dask-address", default=None, help="existing Dask scheduler (default: local cluster)"
@@ -204,6 +220,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     b.add_argument("--engines", default="sindy,operon,pysr", help="symbolic engines")
     b.add_argument("--quick", action="store_true")
+    b.add_argument(
+        "--ude",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="UDE training settings over the default or --quick schedule, e.g. "
+        "adam_steps=50,lbfgs_steps=10,windows=0.5,1.0 (repeatable; docs/cli.md)",
+    )
     b.add_argument("--holdout", type=float, default=0.0)
     b.add_argument("--results", default=None, help="shared cache folder (default OUT/results)")
     b.add_argument(
@@ -228,6 +252,7 @@ def _discover_params(args: argparse.Namespace):
         engines=_engines(args.engines),
         quick=args.quick,
         holdout=args.holdout,
+        ude=_ude_settings(args.ude),
         ensemble=getattr(args, "ensemble", 0),
         results=Path(args.results).resolve() if args.results else None,
         review=getattr(args, "review", False),
@@ -424,6 +449,7 @@ def _sweep_command(args: argparse.Namespace) -> None:
         engines=_engines(args.engines),
         quick=args.quick,
         holdout=args.holdout,
+        ude=_ude_settings(args.ude),
         dask_address=args.dask_address,
         n_workers=args.workers,
         cluster_class=args.cluster_class,
@@ -473,6 +499,7 @@ def _batch_command(args: argparse.Namespace) -> None:
         engines=_engines(args.engines),
         quick=args.quick,
         holdout=args.holdout,
+        ude=_ude_settings(args.ude),
         results=Path(args.results) if args.results else None,
         deployment=args.deployment,
         timeout=args.timeout,
@@ -496,6 +523,55 @@ def _seeds(text: str) -> tuple[int, ...]:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise _bad_input(f"--seeds: integers separated by commas, got {text!r}") from None
+
+
+def _ude_overrides(items: Sequence[str]) -> dict:
+    """`--ude KEY=VALUE,...` (repeatable) as `UDEConfig` fields with their types: integers,
+    numbers, true/false, and for `windows` the numbers that follow it (`windows=0.5,1.0`).
+    An unknown key or a value of the wrong kind is bad input naming the key (exit 2)."""
+    import dataclasses
+    import re
+
+    from sciml import UDEConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(UDEConfig)}
+    out: dict = {}
+    for item in items:
+        # a comma starts a new setting only before the next KEY=
+        for part in re.split(r",\s*(?=[A-Za-z_]\w*\s*=)", item.strip()):
+            key, eq, value = (x.strip() for x in part.partition("="))
+            if not eq or not key:
+                raise _bad_input(f"--ude: KEY=VALUE settings separated by commas, got {part!r}")
+            if key not in fields:
+                raise _bad_input(f"--ude: unknown UDE setting {key!r}; known: {', '.join(fields)}")
+            out[key] = _ude_value(key, value, fields[key])
+    return out
+
+
+def _ude_value(key: str, text: str, default):
+    try:
+        if isinstance(default, bool):
+            flag = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+            return flag[text.lower()]
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple):
+            return tuple(float(x) for x in text.strip("()[]").split(",") if x.strip())
+    except (ValueError, KeyError):
+        pass
+    else:
+        return text
+    kinds = {bool: "true or false", int: "an integer", float: "a number"}
+    kind = kinds.get(type(default), "numbers separated by commas")
+    raise _bad_input(f"--ude: {key} must be {kind}, got {text!r}")
+
+
+def _ude_settings(items: Sequence[str]):
+    from pipelines.params import UDESettings
+
+    return UDESettings(**_ude_overrides(items))
 
 
 def _json_object(option: str, text: str) -> dict:

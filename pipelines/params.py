@@ -38,6 +38,14 @@ class UDESettings(_Params):
     chunk: int | None = Field(None, description="optimiser steps compiled into one call")
     collocation_steps: int | None = Field(None, description="derivative-matching warm start")
     patience: int | None = Field(None, description="chunks without improvement before a stop")
+    linesearch_steps: int | None = Field(None, description="L-BFGS: halvings of a step")
+    train_mechanistic: bool | None = Field(None, description="train the theory's parameters too")
+    rtol: float | None = Field(None, description="ODE solver's relative tolerance")
+    atol: float | None = Field(None, description="ODE solver's absolute tolerance")
+    max_steps: int | None = Field(None, description="ODE solver's steps per solve, at most")
+    min_improvement: float | None = Field(None, description="relative gain that resets patience")
+    validation_every: int | None = Field(None, description="every n-th sample held back")
+    shooting_periods: float | None = Field(None, description="multiple-shooting piece length")
 
     @model_validator(mode="after")
     def _valid(self) -> UDESettings:
@@ -156,6 +164,7 @@ class SweepParams(_Params):
     engines: tuple[Engine, ...] = Field(("sindy", "operon"), min_length=1)
     quick: bool = False
     holdout: float = Field(0.0, ge=0.0, lt=0.9)
+    ude: UDESettings = Field(default_factory=UDESettings)
     dask_address: str | None = Field(
         None, description="scheduler of an existing Dask cluster (default: a local cluster)"
     )
@@ -200,6 +209,7 @@ class SweepParams(_Params):
                             engines=self.engines,
                             quick=self.quick,
                             holdout=self.holdout,
+                            ude=self.ude,
                         )
                     )
         names = [r.out for r in runs]

@@ -400,6 +400,7 @@ def discovery_run(run: dict[str, Any]) -> dict[str, Any]:
             engines=tuple(run["engines"]),
             quick=run["quick"],
             holdout=run["holdout"],
+            ude={k: v for k, v in (run.get("ude") or {}).items() if v is not None},
             show_progress=False,
         )
     finally:

@@ -12,7 +12,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +97,17 @@ class DiscoveryConfig(Config):
         quick: bool = False,
         holdout: float = 0.0,
         ensemble: int = 0,
+        ude: Mapping[str, Any] | None = None,
     ) -> DiscoveryConfig:
-        """The settings the CLI exposes; `quick` shortens UDE training (for smoke tests)."""
-        ude = UDEConfig().quick() if quick else UDEConfig()
-        return cls(seed=seed, engines=engines, ude=ude, holdout=holdout, ensemble=ensemble)
+        """The settings the CLI exposes; `quick` shortens UDE training (for smoke tests); `ude`
+        overrides `UDEConfig` fields over that schedule (`sciml discover --ude`), unknown
+        names refused (`InputError` naming them)."""
+        schedule = UDEConfig().quick() if quick else UDEConfig()
+        if ude:
+            if not isinstance(ude, Mapping):
+                raise InputError(f"ude must be a table of UDE settings; got {ude!r}")
+            schedule = UDEConfig.from_dict({**schedule.to_dict(), **ude})
+        return cls(seed=seed, engines=engines, ude=schedule, holdout=holdout, ensemble=ensemble)
 
 
 def versions() -> dict[str, str]:
@@ -681,15 +688,17 @@ def run_discovery(
     quick: bool = False,
     holdout: float = 0.0,
     ensemble: int = 0,
+    ude: Mapping[str, Any] | None = None,
     show_progress: bool = True,
     max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Run every discovery stage and write docs/outputs.md's files into `out`; with `ensemble` K,
-    also K UDEs in one program, each distilled (`ensemble.csv`, `discovered.json`). With
-    `max_minutes`, stages that would start after that much wall-clock time are skipped and the
-    results are marked partial (`TimeBudget`)."""
+    also K UDEs in one program, each distilled (`ensemble.csv`, `discovered.json`). `ude`
+    overrides UDE training settings (`UDEConfig` fields, e.g. `{"adam_steps": 50}`) over the
+    default or `quick` schedule. With `max_minutes`, stages that would start after that much
+    wall-clock time are skipped and the results are marked partial (`TimeBudget`)."""
     config = DiscoveryConfig.make(
-        seed=seed, engines=engines, quick=quick, holdout=holdout, ensemble=ensemble
+        seed=seed, engines=engines, quick=quick, holdout=holdout, ensemble=ensemble, ude=ude
     )
     TimeBudget(max_minutes)  # a bad budget fails before the inputs are read
     model, data = load_inputs(data_path, model_path)  # bad input fails before any folder work

@@ -584,3 +584,40 @@ def test_deploy_needs_a_server_and_names_it_knows(tmp_path):
     r = _sciml("batch", str(CSV), "--out", str(tmp_path / "b"), env=no_server)
     assert r.returncode == 2 and "set PREFECT_API_URL" in r.stderr, r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_ude_override_reaches_every_entry_point(tmp_path, capsys):
+    """`--ude KEY=VALUE,...` (CLI), `ude=` of `run_discovery`'s config and the flows' params:
+    typed `UDEConfig` fields over the default or quick schedule; an unknown key exits 2 naming
+    it, before any folder is made."""
+    from pipelines import cli
+    from pipelines.flows import discovery_config
+    from sciml import InputError, UDEConfig
+    from sciml.discover import DiscoveryConfig
+
+    argv = ["discover", str(CSV), "--model", str(MODEL), "--out", str(tmp_path), "--quick"]
+    argv += ["--ude", "adam_steps=40,windows=0.5,1.0", "--ude", "train_mechanistic=false"]
+    params = cli._discover_params(cli._parser().parse_args(argv))
+    ude = discovery_config(params)["ude"]
+    assert ude["adam_steps"] == 40 and ude["windows"] == [0.5, 1.0]
+    assert ude["train_mechanistic"] is False
+    assert ude["lbfgs_steps"] == UDEConfig().quick().lbfgs_steps  # the rest: quick's schedule
+
+    config = DiscoveryConfig.make(quick=True, ude={"adam_steps": 40, "windows": [0.5, 1.0]})
+    assert config.ude == UDEConfig().quick().replace(adam_steps=40, windows=(0.5, 1.0))
+    assert DiscoveryConfig.make(ude={"lbfgs_steps": 7}).ude == UDEConfig(lbfgs_steps=7)
+    with pytest.raises(InputError, match="adam_stepz"):
+        DiscoveryConfig.make(ude={"adam_stepz": 1})
+
+    sweep = SweepParams(data=(CSV,), models=(MODEL,), out=tmp_path, ude=TINY)
+    assert all(r.ude == TINY for r in sweep.runs())
+
+    for bad, word in (("adam_stepz=3", "adam_stepz"), ("adam_steps=1.5", "adam_steps")):
+        out = tmp_path / "o"
+        code = cli.main(
+            ["discover", str(CSV), "--model", str(MODEL), "--out", str(out)] + ["--ude", bad]
+        )
+        assert code == 2 and word in capsys.readouterr().err
+        assert not out.exists()
+    code = cli.main(["discover", str(CSV), "--out", str(tmp_path / "o"), "--ude", "adam_steps=-1"])
+    assert code == 2 and "adam_steps must not be negative" in capsys.readouterr().err
