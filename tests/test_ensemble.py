@@ -253,8 +253,8 @@ def test_discover_flow_with_an_ensemble(prefect_harness, tmp_path):
         engines=("sindy",),
         ensemble=2,
         ude=UDESettings(
-            collocation_steps=300, windows=(1.0,), adam_steps=20, lbfgs_steps=10, chunk=10
-        ),
+            collocation_steps=300, windows=(1.0,), adam_steps=20, lbfgs_steps=0, chunk=10
+        ),  # no L-BFGS polish: the ensemble's way through the flow is what is checked
     )
     result = discover(params)
     out = Path(result["out"])
