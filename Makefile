@@ -35,10 +35,13 @@ test: $(STAMP) test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	# Two worker processes (pytest-xdist), one test file at a time each, so a file's module
-	# fixtures (a trained UDE, a finished run) are made once. tests/conftest.py drops JAX's
-	# compiled programs after each file: each keeps memory mappings, and a long-lived process
-	# reached vm.max_map_count, where XLA's compiler aborts.
-	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
+	# fixtures (a trained UDE, a finished run) are made once; the longest files first
+	# (tests/conftest.py's LONGEST_FIRST, kept by --no-loadscope-reorder) so that both workers
+	# end together. tests/conftest.py drops JAX's compiled programs after each file: each keeps
+	# memory mappings, and a long-lived process reached vm.max_map_count, where XLA's compiler
+	# aborts.
+	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest -n 2 --dist loadfile \
+	    --no-loadscope-reorder --durations=25 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
