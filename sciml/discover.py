@@ -258,7 +258,12 @@ def selection_stage(
     if trained is not None:
         data = estimate_states(trained, data)
     return select_and_refit(
-        model, fit.params, table, data, fit_initial_state=config.fit_initial_state
+        model,
+        fit.params,
+        table,
+        data,
+        fit_initial_state=config.fit_initial_state,
+        library_degree=3 if "sindy" in config.engines else None,
     )
 
 
@@ -600,6 +605,8 @@ def findings_stage(
     result = summarise(model, fit, selection, metrics, config, unavailable, ensemble)
     if train.partial:  # which parameters and unmeasured initial values the data determine
         result["identifiability"] = identifiability_summary(model, fit, selection, train)
+    if selection is not None and selection.table is not None:
+        table = selection.table  # with selection's own candidates from the data
     pareto = pareto_csv(table, selection) if len(table) else pd.DataFrame()
     return Findings(result, pareto, predictions)
 

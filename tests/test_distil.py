@@ -15,7 +15,9 @@ import sciml
 from sciml._model import model_from_dict, no_theory_model
 from sciml._smooth import smooth
 from sciml.distil import (
+    SHOOTING_PERIODS,
     Candidate,
+    IntegralView,
     Refitter,
     SearchSpace,
     build_term_model,
@@ -385,10 +387,14 @@ def test_candidate_search_returns_candidates_and_finds_the_true_formulas():
     data = lotka_volterra()
     model = theory_model()
     table = candidates_table(model)
-    pool = candidate_pool(table, model, [A, D], smooth(data))
+    sm = smooth(data)
+    view = IntegralView.build(
+        model, [A, D], data, sm, SHOOTING_PERIODS * 2 * np.pi * sm.time_scale()
+    )
+    pool = candidate_pool(table, model, view)
     assert pool.states == ("x", "y")
     assert pool.polynomials[3] is None and pool.polynomials[1] == {(1, 1): -B}
-    assert pool.first_choice() == {"x": 1, "y": 4}  # best collocation score per state
+    assert pool.first_choice() == {"x": 1, "y": 4}  # best integral-form score per state
     space = SearchSpace(model, [A, D], data, pool)
 
     best, tried = polynomial_search(space, None)
@@ -492,3 +498,37 @@ def test_refit_standard_errors_do_not_depend_on_the_guesses():
     np.testing.assert_allclose(c1, c2, rtol=1e-6)
     assert np.all(e1 > 0)
     np.testing.assert_allclose(e1, e2, rtol=1e-3)
+
+
+def test_the_smallest_integral_sets_near_the_least_residual_go_to_the_refits():
+    """Selection's own candidates (one best term set per size, samples `integral`): the three
+    smallest whose residual is within twice the least go to the refits whatever their BIC;
+    underfit sets, and rows of other samples, are not among them."""
+    from sciml.distil._candidates import _knee_rows
+
+    model = no_theory_model(["x", "y"])
+    x, y = model.state_symbols
+    forms = [x, x + y, x + y + x * y, x + y + x * y + x**2, x + y + x * y + x**2 + y**2]
+    losses = [50.0, 1.3, 1.02, 1.01, 1.0]
+    table = pd.DataFrame(
+        {
+            "state": "x",
+            "samples": "integral",
+            "loss": losses,
+            "sympy_format": forms,
+        }
+    )
+    table = pd.concat(
+        [
+            table,
+            pd.DataFrame({"state": ["x"], "samples": ["data"], "loss": [0.1], "sympy_format": [y]}),
+        ],
+        ignore_index=True,
+    )
+    polys = {
+        r: dict.fromkeys(sp.Poly(e, x, y).monoms(), 1.0)
+        for r, e in enumerate(table["sympy_format"])
+    }
+    assert _knee_rows(table, "x", polys) == [1, 2, 3]
+    assert _knee_rows(table, "y", polys) == []
+    assert _knee_rows(table.drop(columns="samples"), "x", polys) == []

@@ -9,7 +9,9 @@
    solve, by multiple shooting; a declared term's coefficient within the range that its
    parameters' bounds (`{ value, min, max }`) give it.
 4. Candidate search and selection (`select_and_refit`): per residual state, the engines'
-   candidates scored by collocation, the leading ones refit through the ODE (each a
+   candidates and the best term sets of a polynomial library (`integral_candidates`) scored in
+   the integral form (`IntegralView`: their integrals along the smoothed states against the
+   measured values, no ODE solve), the leading ones refit through the ODE (each a
    `Candidate`), the best by BIC kept.
 5. Pruning (`prune_terms`): discovered terms whose removal does not worsen the fit beyond the
    noise level (BIC) are removed, one at a time.
@@ -20,15 +22,14 @@
 from ._candidates import (
     Candidate,
     CandidatePool,
-    CollocationScore,
     SearchSpace,
     candidate_pool,
-    collocation_score,
     fallback_search,
     formula_search,
     polynomial_search,
 )
 from ._evaluate import ModelField, model_field, rmse, simulate_field, simulate_grids
+from ._integral import IntegralScore, IntegralView, integral_candidates, polynomial_library
 from ._prune import prune_terms
 from ._refit import SHOOTING_PERIODS, Refit, Refitter
 from ._sampling import DATA_SOURCE, DenseSamples, dense_samples
@@ -40,7 +41,8 @@ __all__ = [
     "SHOOTING_PERIODS",
     "Candidate",
     "CandidatePool",
-    "CollocationScore",
+    "IntegralScore",
+    "IntegralView",
     "DenseSamples",
     "FittedTerm",
     "ModelField",
@@ -52,11 +54,12 @@ __all__ = [
     "TermModel",
     "build_term_model",
     "candidate_pool",
-    "collocation_score",
+    "integral_candidates",
     "dense_samples",
     "fallback_search",
     "formula_search",
     "model_field",
+    "polynomial_library",
     "polynomial_search",
     "prune_terms",
     "rmse",

@@ -1,6 +1,6 @@
 """Candidate search: which of the engines' formulas go back into the ODE, and their refits.
 
-The engines' table is scored once (`candidate_pool`: collocation scores on the smoothed data,
+The engines' table is scored once (`candidate_pool`: integral-form scores, `IntegralView`,
 the candidates worth a refit per state); then each search is a function from the pool and the
 best `Candidate` so far to the candidates it tried and the new best:
 
@@ -16,69 +16,14 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pandas as pd
 import sympy as sp
 
 from .._data import TrajectorySet
 from .._model import MechanisticModel
-from .._smooth import Smoothed
+from ._integral import IntegralScore, IntegralView
 from ._refit import Refit, Refitter
 from ._terms import Term, TermModel, build_term_model
-
-
-# -- collocation scores -------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class CollocationScore:
-    """How well a candidate's terms, with coefficients refit by least squares, match the
-    smoothed data's derivative residual (no ODE solve): BIC over the interior points."""
-
-    bic: float
-    rss: float
-    k: int
-
-
-def _term_forms(expr: sp.Expr) -> list[sp.Expr]:
-    """The additive terms of `expr` without their numeric coefficients (inner constants kept),
-    as `build_term_model` splits them."""
-    forms = []
-    for term in sp.Add.make_args(sp.expand(expr)):
-        if term != 0:
-            forms.append(term.as_coeff_Mul()[1])
-    return forms
-
-
-def collocation_score(
-    expr: sp.Expr, model: MechanisticModel, X: np.ndarray, target: np.ndarray
-) -> CollocationScore | None:
-    """Score one candidate formula on smoothed states `X` (n, D) against `target` (n,); None
-    when its terms cannot be evaluated there (non-finite values)."""
-    from .._expr import evaluate
-
-    values = dict(zip(model.state_symbols, [jnp.asarray(X[:, i]) for i in range(X.shape[1])]))
-    values[model.time_symbol] = jnp.zeros(len(X))
-    forms = _term_forms(expr)
-    n = len(target)
-    if forms:
-        try:
-            theta = np.stack(
-                [np.broadcast_to(np.asarray(evaluate(f, values), float), (n,)) for f in forms],
-                axis=1,
-            )
-        except (NotImplementedError, TypeError, ValueError):
-            return None
-        if not np.all(np.isfinite(theta)):
-            return None
-        coef = np.linalg.lstsq(theta, target, rcond=None)[0]
-        resid = target - theta @ coef
-    else:
-        resid = target
-    rss = float(np.sum(resid**2))
-    k = len(forms) + sum(len(f.atoms(sp.Float)) for f in forms)
-    bic = n * math.log(max(rss, 1e-300) / n) + k * math.log(n)
-    return CollocationScore(bic, rss, k)
 
 
 # -- the pool of candidates ---------------------------------------------------------------------
@@ -99,14 +44,14 @@ def _front_choices(
     table: pd.DataFrame, state: str, max_complexity: int, is_polynomial
 ) -> list[int]:
     """What the network's own candidates argue for, whatever the smoothed data say (with few or
-    noisy points the collocation scores can mislead): on one state's combined Pareto front of
+    noisy points the integral-form scores can mislead): on one state's combined Pareto front of
     the network's candidates, the polynomial with the highest PySR score (the steepest drop in
     loss per unit of complexity), and PySR's "best" choice where it is a polynomial."""
     from ..symbolic import pareto_front, select_model
 
     sub = table[(table["state"] == state) & (table["complexity"] <= max_complexity)]
     if "samples" in sub:
-        sub = sub[sub["samples"] != "data"]
+        sub = sub[sub["samples"] == "ude"]
     if sub.empty:
         return []
     front = pareto_front(sub.reset_index(drop=False)).set_index("index")
@@ -120,13 +65,39 @@ def _front_choices(
     return out
 
 
+KNEE_RATIO = 2.0  # integral-form term sets leaving more than this x the least residual: underfit
+KNEE_SETS = 3  # how many of the smallest sets past that point join the refits
+
+
+def _knee_rows(table: pd.DataFrame, state: str, polys) -> list[int]:
+    """Selection's own integral-form candidates (samples `integral`, one best term set per
+    size) that go to the refits whatever their BIC: the `KNEE_SETS` smallest whose residual is
+    within `KNEE_RATIO` of the least.
+
+    The integral-form BIC alone favours large sets: the smoothing's small systematic errors
+    accumulate along each piece, and with hundreds of samples a term that absorbs 2% of them
+    pays for itself. The residual falls steeply up to the true size and then flattens (on the
+    development systems with 5% noise, the true sets left 1.0-1.4x the residual of the
+    six-term sets, the sets one term smaller 2-130x), so the smallest sets near the flat
+    part are the ones the refit through the ODE should judge."""
+    if "samples" not in table:
+        return []
+    sub = table[(table["state"] == state) & (table["samples"] == "integral")]
+    sub = sub[[polys[int(r)] is not None for r in sub.index]]
+    if sub.empty:
+        return []
+    least = float(sub["loss"].min())
+    near = [int(r) for r in sub.index if float(sub.loc[r, "loss"]) <= KNEE_RATIO * least]
+    return sorted(near, key=lambda r: len(polys[r]))[:KNEE_SETS]
+
+
 def _ranked_candidates(
     table: pd.DataFrame,
     state: str,
-    scores: dict[int, CollocationScore | None],
+    scores: dict[int, IntegralScore | None],
     max_complexity: int,
 ) -> list[int]:
-    """One state's candidates worth a refit through the ODE, best collocation BIC first; each
+    """One state's candidates worth a refit through the ODE, best integral-form BIC first; each
     formula text once (engines often agree). Candidates that cannot be evaluated go last."""
     sub = table[(table["state"] == state) & (table["complexity"] <= max_complexity)]
     if sub.empty:  # nothing simple enough: fall back on the simplest candidates there are
@@ -151,8 +122,8 @@ class CandidatePool:
 
     - `exprs`: each row's formula over the model's symbols; `polynomials`: its monomial
       exponents -> coefficient, None when it is not a polynomial;
-    - `scores`: its collocation score (None: it cannot be evaluated on the smoothed data);
-    - `order`: per state, the rows worth a refit, best collocation BIC first;
+    - `scores`: its integral-form score (None: it cannot be evaluated on the smoothed data);
+    - `order`: per state, the rows worth a refit, best integral-form BIC first;
     - `polynomial_rows`, `formula_rows`: per state, the polynomial and other rows to refit.
     """
 
@@ -160,7 +131,7 @@ class CandidatePool:
     states: tuple[str, ...]
     exprs: Mapping[int, sp.Expr]
     polynomials: Mapping[int, Mapping[tuple[int, ...], float] | None]
-    scores: Mapping[int, CollocationScore | None]
+    scores: Mapping[int, IntegralScore | None]
     order: Mapping[str, list[int]]
     polynomial_rows: Mapping[str, list[int]]
     formula_rows: Mapping[str, list[int]]
@@ -198,38 +169,34 @@ class CandidatePool:
 def candidate_pool(
     table: pd.DataFrame,
     model: MechanisticModel,
-    mech_params: Sequence[float],
-    smoothed: Smoothed,
+    view: IntegralView,
     *,
     max_complexity: int = 80,
     max_polynomial: int = 4,
     max_nonpolynomial: int = 1,
 ) -> CandidatePool:
-    """Score every candidate by collocation and choose, per state, the best `max_polynomial`
-    polynomial rows (with the network's own choices on its Pareto front) and the best
-    `max_nonpolynomial` other rows that score better than every polynomial one."""
+    """Score every candidate in the integral form (`IntegralView.score`) and choose, per state,
+    the best `max_polynomial` polynomial rows (with the network's own choices on its Pareto
+    front) and the best `max_nonpolynomial` other rows that score better than every polynomial
+    one."""
     states = tuple(s for s in model.residual_states if (table["state"] == s).any())
     symbols = model.state_symbols
     exprs = {int(r): _in_model_symbols(table.loc[r, "sympy_format"], model) for r in table.index}
     polys = {r: _polynomial_coefficients(e, symbols) for r, e in exprs.items()}
-    X, dydt = smoothed.inner()
-    mech = np.asarray(
-        jax.vmap(lambda y: model.vector_field(0.0, y, jnp.asarray(mech_params, float)))(
-            jnp.asarray(X)
-        )
-    )
-    scores: dict[int, CollocationScore | None] = {}
+    scores: dict[int, IntegralScore | None] = {}
     for r, e in exprs.items():
-        j = model.states.index(str(table.loc[r, "state"]))
-        scores[r] = collocation_score(e, model, X, dydt[:, j] - mech[:, j])
+        scores[r] = view.score(e, model.states.index(str(table.loc[r, "state"])))
     order = {s: _ranked_candidates(table, s, scores, max_complexity) for s in states}
 
-    # The polynomial candidates worth a refit: the best few by collocation, and the network's
-    # own choice on its Pareto front.
+    # The polynomial candidates worth a refit: the best few by their integral-form score, and
+    # the network's own choice on its Pareto front.
     poly_rows = {}
     for s in states:
         rows = [r for r in order[s] if polys[r] is not None][:max_polynomial]
-        for r in _front_choices(table, s, max_complexity, lambda r: polys[r] is not None):
+        for r in [
+            *_knee_rows(table, s, polys),
+            *_front_choices(table, s, max_complexity, lambda r: polys[r] is not None),
+        ]:
             if r not in rows:
                 rows.append(r)
         poly_rows[s] = rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import pandas as pd
@@ -13,6 +14,7 @@ from .._errors import NumericalError
 from .._model import MechanisticModel
 from .._smooth import Smoothed, smooth
 from ._candidates import SEARCHES, SearchSpace, candidate_pool
+from ._integral import INTEGRAL_PERIODS, IntegralView, integral_candidates
 from ._prune import prune_terms
 from ._refit import Refit
 from ._terms import TermModel
@@ -49,6 +51,7 @@ class Selection:
     chosen: dict[str, dict]  # state -> {engine, equation, complexity, loss, row}
     pruned: list[dict]
     tried: list[dict]
+    table: pd.DataFrame | None = None  # the candidates chosen from (`chosen`'s rows index it)
 
     def equations(self) -> dict[str, str]:
         return self.term_model.inlined(self.refit.params, self.mask)
@@ -87,31 +90,40 @@ def select_and_refit(
     max_polynomial: int = 4,
     max_nonpolynomial: int = 1,
     smoothed: Smoothed | None = None,
+    library_degree: int | None = 3,
 ) -> Selection:
     """Choose one formula per residual state, refit every constant, prune needless terms.
 
-    `table` holds every engine's candidates with a `state` column. Candidates are compared by
-    the BIC of their refit *through the ODE against the data*:
+    `table` holds every engine's candidates with a `state` column; with `library_degree`, the
+    best term sets of a polynomial library of that degree found from the data alone join them
+    (`integral_candidates`; rows with samples `integral`). Candidates are compared by the BIC
+    of their refit *through the ODE against the data*:
 
     - polynomial candidates (SINDy's whole sparsity path, and any other engine's formula that
       expands to a polynomial) share one model whose terms are the union of their monomials:
       each candidate is a mask over it, so all of them cost one compilation;
     - the best few non-polynomial candidates per state get a model of their own.
 
-    Before any ODE solve, every candidate is scored by collocation: its terms' coefficients
-    refit by least squares to the smoothed data's derivative residual, and the BIC of that fit
-    (`collocation_score`). Only the best `max_polynomial` polynomial and `max_nonpolynomial`
-    other candidates per state go on to refits through the ODE, best first, and a formula only
-    where it scores better than every polynomial. States are improved one at a time
-    (coordinate-wise). Last, discovered terms are removed one at a time, least significant
-    first, while the BIC improves: a term stays only if dropping it worsens the fit by more than
-    the noise explains.
+    Before any ODE solve, every candidate is scored in the integral form: its terms'
+    coefficients fitted by least squares so that their integrals along the smoothed states
+    match the measured values, piece by piece (`IntegralView`). Only the best `max_polynomial`
+    polynomial and `max_nonpolynomial` other candidates per state go on to refits through the
+    ODE, best first, and a formula only where it scores better than every polynomial. States
+    are improved one at a time (coordinate-wise). Last, discovered terms are removed one at a
+    time, least significant first, while the BIC improves: a term stays only if dropping it
+    worsens the fit by more than the noise explains.
     """
+    smoothed = smoothed if smoothed is not None else smooth(data)
+    horizon = INTEGRAL_PERIODS * 2 * math.pi * smoothed.time_scale()
+    view = IntegralView.build(model, mech_params, data, smoothed, horizon)
+    if library_degree is not None:
+        states = [s for s in model.residual_states if (table["state"] == s).any()]
+        own = integral_candidates(view, states, degree=library_degree)
+        table = pd.concat([table, own], ignore_index=True) if len(own) else table
     pool = candidate_pool(
         table,
         model,
-        mech_params,
-        smoothed if smoothed is not None else smooth(data),
+        view,
         max_complexity=max_complexity,
         max_polynomial=max_polynomial,
         max_nonpolynomial=max_nonpolynomial,
@@ -131,4 +143,5 @@ def select_and_refit(
         pool.chosen(best.choice),
         pruned,
         [c.record(table) for c in tried],
+        table,
     )
