@@ -263,6 +263,7 @@ def selection_stage(
         table,
         data,
         fit_initial_state=config.fit_initial_state,
+        # selection's own candidates from the data: SINDy's (cubic) library, where it is asked
         library_degree=3 if "sindy" in config.engines else None,
     )
 

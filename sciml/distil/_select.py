@@ -107,8 +107,9 @@ def select_and_refit(
     Before any ODE solve, every candidate is scored in the integral form: its terms'
     coefficients fitted by least squares so that their integrals along the smoothed states
     match the measured values, piece by piece (`IntegralView`). Only the best `max_polynomial`
-    polynomial and `max_nonpolynomial` other candidates per state go on to refits through the
-    ODE, best first, and a formula only where it scores better than every polynomial. States
+    polynomial and `max_nonpolynomial` other candidates per state, with the smallest of
+    selection's own sets near their least residual, go on to refits through the ODE, best
+    first, and a formula only where it scores better than every polynomial. States
     are improved one at a time (coordinate-wise). Last, discovered terms are removed one at a
     time, least significant first, while the BIC improves: a term stays only if dropping it
     worsens the fit by more than the noise explains.
