@@ -25,6 +25,18 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+def _ude_arg(p: argparse.ArgumentParser) -> None:
+    """`--ude KEY=VALUE,...`: UDE schedule settings (discover, pipeline, sweep, batch)."""
+    p.add_argument(
+        "--ude",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="UDE training settings over the default or --quick schedule, e.g. "
+        "adam_steps=50,lbfgs_steps=10,windows=0.5,1.0 (repeatable; docs/cli.md)",
+    )
+
+
 def _discovery_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument(
@@ -33,14 +45,7 @@ def _discovery_args(d: argparse.ArgumentParser) -> None:
         help="symbolic engines, comma-separated (sindy, operon, pysr)",
     )
     d.add_argument("--quick", action="store_true", help="fewer training steps (smoke runs)")
-    d.add_argument(
-        "--ude",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE,...",
-        help="UDE training settings over the default or --quick schedule, e.g. "
-        "adam_steps=50,lbfgs_steps=10,windows=0.5,1.0 (repeatable; docs/cli.md)",
-    )
+    _ude_arg(d)
     d.add_argument(
         "--holdout",
         type=float,
@@ -171,14 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     s.add_argument("--engines", default="sindy,operon", help="symbolic engines (no pysr)")
     s.add_argument("--quick", action="store_true")
-    s.add_argument(
-        "--ude",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE,...",
-        help="UDE training settings over the default or --quick schedule, e.g. "
-        "adam_steps=50,lbfgs_steps=10,windows=0.5,1.0 (repeatable; docs/cli.md)",
-    )
+    _ude_arg(s)
     s.add_argument("--holdout", type=float, default=0.0)
     s.add_argument(
         "--dask-address", default=None, help="existing Dask scheduler (default: local cluster)"
@@ -220,14 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     b.add_argument("--engines", default="sindy,operon,pysr", help="symbolic engines")
     b.add_argument("--quick", action="store_true")
-    b.add_argument(
-        "--ude",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE,...",
-        help="UDE training settings over the default or --quick schedule, e.g. "
-        "adam_steps=50,lbfgs_steps=10,windows=0.5,1.0 (repeatable; docs/cli.md)",
-    )
+    _ude_arg(b)
     b.add_argument("--holdout", type=float, default=0.0)
     b.add_argument("--results", default=None, help="shared cache folder (default OUT/results)")
     b.add_argument(
