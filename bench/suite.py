@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/suite.py CASES_DIR --out DIR [--jobs N] [--only 1,25,40-45]
         [--methods sciml,pysindy,weak-sindy] [--seed 0] [--engines sindy,operon,pysr] [--quick]
-        [--timeout SECONDS] [--retry-failed]
+        [--timeout SECONDS] [--retry-failed] [--ude KEY=VALUE,...]
 
 CASES_DIR holds one folder per system (e.g. ODEBench's odebench-dev/cases_noise05; not in git):
 `data.csv` (long form trajectory,t,x0[,x1..]), `model.toml` (no theory), `truth.json` (true
@@ -28,6 +28,9 @@ is done; a rerun with the same settings skips those (so a killed suite resumes w
 --retry-failed redoes the ones that raised). Cases run in separate processes (--jobs at a time,
 each single-threaded when jobs > 1), logging to DIR/logs/<case>.log. At the end, every row in
 DIR for a case of CASES_DIR goes into DIR/results.csv and DIR/results.md (printed too).
+
+`--ude KEY=VALUE,...` changes the UDE's training schedule as `sciml discover --ude` does (its
+settings are part of the rows' settings); the suite's own test uses a short one.
 """
 
 from __future__ import annotations
@@ -238,6 +241,7 @@ def fit_sciml(case: Case, run_dir: Path, settings: dict[str, Any]) -> tuple[dict
         seed=settings["seed"],
         engines=settings["engines"],
         quick=settings["quick"],
+        ude={k: tuple(v) if isinstance(v, list) else v for k, v in settings.get("ude", {}).items()},
         show_progress=False,
     )
     notes = []
@@ -257,7 +261,13 @@ def fit_sciml(case: Case, run_dir: Path, settings: dict[str, Any]) -> tuple[dict
 # -- rows --------------------------------------------------------------------------------------
 def method_settings(method: str, args: argparse.Namespace) -> dict[str, Any]:
     if method == "sciml":
-        return {"seed": args.seed, "engines": list(args.engines), "quick": bool(args.quick)}
+        settings = {"seed": args.seed, "engines": list(args.engines), "quick": bool(args.quick)}
+        if args.ude:  # only when given: rows written before --ude existed stay done
+            # as JSON holds them (windows a list), so that a written row's settings compare equal
+            settings["ude"] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in args.ude.items()
+            }
+        return settings
     if method == "weak-sindy":
         return {"seed": args.seed}
     return {}
@@ -421,6 +431,9 @@ def _worker_argv(case: Path, out: Path, args: argparse.Namespace) -> list[str]:
         argv.append("--quick")
     if args.retry_failed:
         argv.append("--retry-failed")
+    for key, value in args.ude.items():
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        argv += ["--ude", f"{key}={text}"]
     return argv
 
 
@@ -624,6 +637,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, cases_dir: Pa
     settings = f"seed {args.seed}" + (
         f", engines {','.join(args.engines)}" + (", --quick" if args.quick else "") if sciml else ""
     )
+    if sciml and args.ude:  # a changed schedule is part of what the results mean
+        settings += ", UDE " + ", ".join(f"{k}={v}" for k, v in args.ude.items())
     parts = [
         "# Discovery suite",
         "",
@@ -671,8 +686,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="discovery's quick settings")
     p.add_argument("--timeout", type=float, default=None, help="seconds per case (all methods)")
     p.add_argument("--retry-failed", action="store_true", help="redo rows that raised")
+    p.add_argument(
+        "--ude",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="UDE training settings over the default or --quick schedule, as `sciml discover "
+        "--ude` takes them (e.g. adam_steps=50,lbfgs_steps=0; a short one for tests)",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.ude:  # the CLI's parsing: the same keys and types as `sciml discover --ude`
+        from pipelines.cli import _ude_overrides
+
+        try:
+            args.ude = _ude_overrides(args.ude)
+        except ValueError as err:
+            p.error(str(err))
+    args.ude = dict(args.ude or {})
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:

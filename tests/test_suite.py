@@ -169,6 +169,11 @@ def test_only_and_summary():
 
 
 # -- the harness end to end ----------------------------------------------------------------------
+# The harness is checked here, not the discovery's accuracy (the suite's own runs measure that):
+# a short UDE schedule, no L-BFGS polish, passed through to the workers as `--ude`.
+SHORT_UDE = "collocation_steps=500,windows=1.0,adam_steps=100,lbfgs_steps=0"
+
+
 @pytest.mark.slow
 def test_suite_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     cases = tmp_path / "cases"
@@ -177,7 +182,7 @@ def test_suite_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     make_case(cases, "99_not_selected", LINEAR, LINEAR_TERMS, [[1.0, 0.0], [-0.5, 2.0]])
     out = tmp_path / "suite"
     argv = [str(cases), "--out", str(out), "--only", "3,25", "--jobs", "2", "--quick"]
-    argv += ["--engines", "sindy"]
+    argv += ["--engines", "sindy", "--ude", SHORT_UDE]
     assert suite.main(argv) == 0
 
     table = pd.read_csv(out / "results.csv")
@@ -197,6 +202,8 @@ def test_suite_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
         assert (out / "runs" / case / "input.csv").is_file()
         data = pd.read_csv(out / "runs" / case / "input.csv")
         assert set(data.trajectory) == {0}
+        ude = json.loads((out / "runs" / case / "config.json").read_text())["config"]["ude"]
+        assert (ude["adam_steps"], ude["lbfgs_steps"]) == (100, 0)  # --ude reached the worker
     assert (out / "runs" / "index.html").is_file()
 
     # a rerun starts no worker at all: every (case, method) is done
