@@ -315,6 +315,8 @@ def test_pruning_is_bounded_by_its_patience():
     tried = []
 
     class Refitter:
+        unmeasured = False  # every state measured: the BIC alone decides
+
         def fit(self, mask, start=None, y0=None):
             tried.append(mask.index(False) if mask.count(False) == 1 else mask)
             spurious_only = all(mask[i] or i in (0, 3) for i in range(n))
@@ -353,7 +355,7 @@ def test_pruning_tries_back_a_true_term_that_spurious_ones_stood_in_for():
         coefficients=lambda values: np.array(values, dtype=float),
         with_coefficients=lambda params, values: np.array(values, dtype=float),
     )
-    refitter = SimpleNamespace(fit=lambda mask, start=None, y0=None: fit(mask))
+    refitter = SimpleNamespace(fit=lambda mask, start=None, y0=None: fit(mask), unmeasured=False)
     result, mask, pruned = _prune.prune_terms(tm, refitter, fit([True] * 3), [True] * 3)
     assert mask == [True, False, False] and result.bic == 95
     assert [p["term"] for p in pruned] == ["a", "s"]

@@ -426,3 +426,86 @@ def test_refit_with_an_unmeasured_state_keeps_ties_and_initial_bounds():
     assert np.all(np.abs(c - [-2.0, 2.0, -1.0]) < 4 * se), (c, se)
     assert 0.0 <= refit.y0[0, 0] <= 5.0 and abs(refit.y0[0, 0] - 1.0) < 0.2
     assert refit.k == 2 + 2  # the rate (tied: one unknown), the missing term, two starts
+
+
+# -- selection with unmeasured states: only coefficients the data determine ----------------------
+class _TableRefitter:
+    """A refitter stub: each mask's refit is looked up (BIC and standard errors chosen so that
+    the BIC alone keeps a term the data do not determine)."""
+
+    def __init__(self, fits, *, unmeasured):
+        self.fits, self.unmeasured = fits, unmeasured
+
+    def fit(self, mask, start=None, y0=None):
+        return self.fits[tuple(mask)]
+
+
+# term order of the stub's model: dS/dt's -k*E*S, dE/dt's k*E*S, then the discovered S and E
+ALL, NO_S, NO_E = (True,) * 4, (True, True, False, True), (True, True, True, False)
+
+
+def _stub_selection(unmeasured):
+    from sciml.distil import build_term_model
+    from sciml.distil._refit import Refit
+
+    model, _ = _epidemic()
+    S, E = (model.symbol_table()[s] for s in ("S", "E"))
+    tm = build_term_model(model, [2.0], {"E": -1.0 * E + 0.3 * S})
+    assert [str(t.form) for t in tm.terms] == ["E*S", "E*S", "S", "E"]
+
+    def refit(coefs, stderrs, bic):
+        params = tm.with_coefficients(np.zeros(len(tm.model.parameters)), coefs)
+        stderr = tm.with_coefficients(np.zeros(len(tm.model.parameters)), stderrs)
+        sse = 40 * np.exp((bic - 3 * np.log(40)) / 40)  # so that `Refit.bic` is `bic`
+        return Refit(params, stderr, np.ones((1, 2)), sse, 40, 3, True)
+
+    fits = {
+        # both discovered terms on: S's standard error is twice its coefficient
+        ALL: refit([-2.0, 2.0, 0.3, -1.0], [0.1, 0.1, 0.6, 0.05], -200.0),
+        # without S: a worse BIC (the BIC alone keeps S), E's coefficient determined
+        NO_S: refit([-2.0, 2.0, 0.0, -0.9], [0.1, 0.1, 0.0, 0.05], -190.0),
+        NO_E: refit([-2.0, 2.0, 0.2, 0.0], [0.1, 0.1, 0.1, 0.0], -150.0),
+        (True, True, False, False): refit([-2.0, 2.0, 0.0, 0.0], [0.1, 0.1, 0.0, 0.0], -100.0),
+    }
+    return tm, _TableRefitter(fits, unmeasured=unmeasured), fits
+
+
+def test_undetermined_terms_are_the_discovered_ones_least_determined_first():
+    from sciml.distil._refit import undetermined_terms
+
+    tm, _, fits = _stub_selection(True)
+    assert undetermined_terms(tm, fits[ALL], ALL) == [2]  # S: 0.6 / 0.3 = 2 > 1
+    assert undetermined_terms(tm, fits[ALL], NO_S) == []  # switched off
+    # relative standard errors 200 (S) and 5 (E); the theory's terms (5 each) never count
+    worse = dataclasses.replace(fits[ALL], stderr=fits[ALL].stderr * 100)
+    assert undetermined_terms(tm, worse, ALL) == [2, 3]
+    assert undetermined_terms(tm, dataclasses.replace(worse, params=worse.params * 0), ALL) == [
+        2,
+        3,
+    ]  # a coefficient of 0 has no relative error: not determined
+
+
+@pytest.mark.parametrize("unmeasured", [True, False])
+def test_pruning_drops_an_undetermined_term_only_where_states_are_unmeasured(unmeasured):
+    from sciml.distil import prune_terms
+
+    tm, refitter, fits = _stub_selection(unmeasured)
+    fit, mask, removed = prune_terms(tm, refitter, fits[ALL], ALL)
+    if unmeasured:  # removed whatever the BIC (-200 -> -190), and said why
+        assert tuple(mask) == NO_S and fit is fits[NO_S]
+        assert [(r["term"], r["reason"]) for r in removed] == [
+            ("S", "not determined (standard error 0.6)")
+        ]
+    else:  # every state measured: the BIC decides, and it keeps the term
+        assert tuple(mask) == ALL and removed == []
+
+
+def test_a_determined_candidate_beats_a_better_bic_only_where_states_are_unmeasured():
+    from sciml.distil._candidates import Candidate
+
+    for unmeasured in (True, False):
+        tm, refitter, fits = _stub_selection(unmeasured)
+        wide = Candidate({}, "polynomial", tm, refitter, ALL, fits[ALL])
+        right = Candidate({}, "polynomial", tm, refitter, NO_S, fits[NO_S])
+        assert wide.determined is not unmeasured and right.determined
+        assert right.beats(wide) is unmeasured and wide.beats(right) is not unmeasured

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import pandas as pd
 import sympy as sp
@@ -22,7 +22,7 @@ import sympy as sp
 from .._data import TrajectorySet
 from .._model import MechanisticModel
 from ._integral import IntegralScore, IntegralView
-from ._refit import Refit, Refitter
+from ._refit import Refit, Refitter, undetermined_terms
 from ._terms import Term, TermModel, build_term_model
 
 
@@ -89,6 +89,27 @@ def _knee_rows(table: pd.DataFrame, state: str, polys) -> list[int]:
     least = float(sub["loss"].min())
     near = [int(r) for r in sub.index if float(sub.loc[r, "loss"]) <= KNEE_RATIO * least]
     return sorted(near, key=lambda r: len(polys[r]))[:KNEE_SETS]
+
+
+UNMEASURED_SIMPLEST = 3  # a never-measured state's simplest term sets that join the refits
+
+
+def _simplest_rows(table: pd.DataFrame, state: str, polys, max_complexity: int) -> list[int]:
+    """A state's `UNMEASURED_SIMPLEST` simplest polynomial term sets (one row per set of
+    monomials), for states some trajectory never measures. Their integral-form scores rest on
+    the values the trained UDE estimates for them, which follow the network's own field, so
+    they cannot rank the candidates; the refit through the ODE against what is measured can,
+    and it should see the simple explanations too, not only the wide polynomials that fit the
+    estimates best."""
+    sub = table[(table["state"] == state) & (table["complexity"] <= max_complexity)]
+    rows, seen = [], set()
+    for r in sub.sort_values("complexity", kind="stable").index:
+        terms = polys[int(r)]
+        if terms is None or frozenset(terms) in seen:
+            continue
+        seen.add(frozenset(terms))
+        rows.append(int(r))
+    return rows[:UNMEASURED_SIMPLEST]
 
 
 def _ranked_candidates(
@@ -174,11 +195,13 @@ def candidate_pool(
     max_complexity: int = 80,
     max_polynomial: int = 4,
     max_nonpolynomial: int = 1,
+    unmeasured: Collection[str] = (),
 ) -> CandidatePool:
     """Score every candidate in the integral form (`IntegralView.score`) and choose, per state,
     the best `max_polynomial` polynomial rows (with the network's own choices on its Pareto
-    front) and the best `max_nonpolynomial` other rows that score better than every polynomial
-    one."""
+    front, and for the `unmeasured` states, those some trajectory never measures, their
+    simplest term sets: `_simplest_rows`) and the best `max_nonpolynomial` other rows that
+    score better than every polynomial one."""
     states = tuple(s for s in model.residual_states if (table["state"] == s).any())
     symbols = model.state_symbols
     exprs = {int(r): _in_model_symbols(table.loc[r, "sympy_format"], model) for r in table.index}
@@ -196,6 +219,7 @@ def candidate_pool(
         for r in [
             *_knee_rows(table, s, polys),
             *_front_choices(table, s, max_complexity, lambda r: polys[r] is not None),
+            *(_simplest_rows(table, s, polys, max_complexity) if s in unmeasured else ()),
         ]:
             if r not in rows:
                 rows.append(r)
@@ -230,11 +254,32 @@ class Candidate:
     mask: tuple[bool, ...]
     refit: Refit
 
-    def beats(self, other: Candidate | None, margin: float = 0.0) -> bool:
-        """Refit, and its BIC lower than `other`'s by more than `margin` (or `other` failed)."""
-        return self.refit.ok and (
-            other is None or not other.refit.ok or self.refit.bic < other.refit.bic - margin
+    @property
+    def determined(self) -> bool:
+        """Whether the data determine every discovered coefficient it keeps; always, unless
+        some state is unmeasured (`undetermined_terms`)."""
+        return not self.refitter.unmeasured or not undetermined_terms(
+            self.term_model, self.refit, self.mask
         )
+
+    def beats(self, other: Candidate | None, margin: float = 0.0) -> bool:
+        """Refit, and its BIC lower than `other`'s by more than `margin` (or `other` failed).
+
+        Where states are unmeasured, a candidate whose discovered coefficients the data all
+        determine beats one with a coefficient they do not, whatever the BIC: a model can then
+        fit the measured values along whole families of coefficients traded against the
+        unmeasured states' scale, and the BIC, which counts every coefficient as one
+        determined number, rewards such wide models (on weekly SEIR case counts, a 9-term
+        polynomial for the unmeasured infectious state, none of its coefficients determined,
+        reached a quarter of the right model's squared error). With every state measured, a
+        coefficient that is not determined costs more BIC than it gains, and pruning drops it."""
+        if not self.refit.ok:
+            return False
+        if other is None or not other.refit.ok:
+            return True
+        if self.determined != other.determined:
+            return self.determined
+        return self.refit.bic < other.refit.bic - margin
 
     def record(self, table: pd.DataFrame) -> dict:
         """What `Selection.tried` records of it."""

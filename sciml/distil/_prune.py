@@ -11,13 +11,17 @@ stand in for it, and they then look needed (a Tyson cell-cycle model of the suit
 small `x1` term that way and kept a constant and an `x0**2`). So when a pass stops, the
 `RESTORE` removals that gained least are tried back, each once in all; where one lowers the
 BIC it is kept and elimination runs again on the model with it.
+
+Where states are unmeasured, a term whose coefficient the data do not determine goes too,
+whatever the BIC (`undetermined_terms`; `Candidate.beats` says why the BIC misjudges them
+there): the least determined first, each removal refit, then elimination by the BIC again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._refit import Refit, Refitter
+from ._refit import Refit, Refitter, undetermined_terms
 from ._terms import TermModel
 
 PATIENCE = 3  # rejected removals in a row before an elimination pass stops
@@ -55,12 +59,43 @@ def _eliminate(
             "coefficient": float(coef[i]),
             "bic_before": fit.bic,
             "bic_after": f.bic,
+            "reason": "BIC",
         }
         removed.append((i, record))
         mask[i] = False
         fit = f
         in_a_row = 0
     return fit, mask, removed
+
+
+def _drop_undetermined(
+    tm: TermModel, refitter: Refitter, fit: Refit, mask: list[bool], forced: frozenset[int]
+) -> tuple[Refit, list[bool], list[tuple[int, dict]]]:
+    """With unmeasured states: the least determined discovered term removed (not one in
+    `forced`) and the model refit; nothing when every coefficient is determined or the refit
+    without it fails."""
+    if not refitter.unmeasured:
+        return fit, mask, []
+    worst = [i for i in undetermined_terms(tm, fit, mask) if i not in forced]
+    if not worst:
+        return fit, mask, []
+    i = worst[0]
+    trial = list(mask)
+    trial[i] = False
+    f = refitter.fit(trial, start=fit.params, y0=fit.y0)
+    if not f.ok:
+        return fit, mask, []
+    coef, stderr = tm.coefficients(fit.params), tm.coefficients(fit.stderr)
+    record = {
+        "state": tm.terms[i].state,
+        "term": str(tm.terms[i].form),
+        "coefficient": float(coef[i]),
+        "bic_before": fit.bic,
+        "bic_after": f.bic,
+        "reason": f"not determined (standard error {stderr[i]:.3g})",
+    }
+    mask[i] = False
+    return f, mask, [(i, record)]
 
 
 def prune_terms(
@@ -76,8 +111,13 @@ def prune_terms(
     the removals that gained least are tried back (each term once): one that lowers the BIC
     stays, and elimination runs again.
 
+    Where states are unmeasured, then, a discovered term whose coefficient the data do not
+    determine is removed (least determined first, never tried back) and elimination runs
+    again, until every one left is determined.
+
     Returns the last refit, the mask of the terms kept and one record per term removed in the
-    end (state, term, its coefficient before removal, BIC before and after).
+    end (state, term, its coefficient before removal, BIC before and after, and why: `reason`,
+    "BIC" or "not determined (...)").
     """
     mask = list(mask)
     removed: dict[int, dict] = {}
@@ -102,4 +142,8 @@ def prune_terms(
                 del removed[i]
                 break
         else:
-            return fit, mask, list(removed.values())
+            fit, mask, dropped = _drop_undetermined(tm, refitter, fit, mask, forced)
+            if not dropped:
+                return fit, mask, list(removed.values())
+            removed.update(dropped)
+            tried_back.update(i for i, _ in dropped)

@@ -14,6 +14,7 @@ import numpy as np
 import optimistix as optx
 
 from .._data import BLOW_UP, TrajectorySet
+from .._identify import POORLY
 from .._mechanistic import (
     ParameterTransform,
     channel_residuals,
@@ -152,6 +153,7 @@ class Refitter:
         # theory terms made of fixed parameters): freed, they trade off against the unmeasured
         # states and the fit wanders along the family of equally good models.
         unmeasured = data.partial and bool(data.unmeasured().any())
+        self.unmeasured = unmeasured
         self._known = np.asarray(model.fixed, dtype=bool) & unmeasured
         declared = np.asarray(term_model.known_values or model.guesses, dtype=float)
         known = jnp.asarray(self._known)
@@ -266,6 +268,19 @@ class Refitter:
         ok = math.isfinite(sse) and sse < _FAILED**2 and bool(np.all(np.isfinite(params)))
         y0 = np.asarray(y0s)[self._first]
         return Refit(params, stderr, y0, sse, self.n, k, ok, int(steps))
+
+
+def undetermined_terms(tm: TermModel, fit: Refit, mask: Sequence[bool]) -> list[int]:
+    """The discovered terms switched on whose coefficient the data do not determine (a standard
+    error above `POORLY` times its size, or none that is finite), least determined first: the
+    threshold above which the identifiability check says "not determined"."""
+    coef, stderr = tm.coefficients(fit.params), tm.coefficients(fit.stderr)
+    relative = {
+        i: stderr[i] / abs(coef[i]) if np.isfinite(stderr[i]) and coef[i] != 0 else math.inf
+        for i, term in enumerate(tm.terms)
+        if mask[i] and term.origin == "discovered"
+    }
+    return sorted((i for i, r in relative.items() if r > POORLY), key=lambda i: -relative[i])
 
 
 def _bucket(n: int, total: int) -> int:

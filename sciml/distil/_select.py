@@ -121,6 +121,7 @@ def select_and_refit(
         states = [s for s in model.residual_states if (table["state"] == s).any()]
         own = integral_candidates(view, states, degree=library_degree)
         table = pd.concat([table, own], ignore_index=True) if len(own) else table
+    never = data.unmeasured().any(axis=0) if data.partial else [False] * len(model.states)
     pool = candidate_pool(
         table,
         model,
@@ -128,6 +129,7 @@ def select_and_refit(
         max_complexity=max_complexity,
         max_polynomial=max_polynomial,
         max_nonpolynomial=max_nonpolynomial,
+        unmeasured=[s for s, u in zip(model.states, never) if u],
     )
     space = SearchSpace(model, mech_params, data, pool, fit_initial_state)
     best, tried = None, []

@@ -475,7 +475,7 @@ def _pareto_section(run: Run) -> str:
     if pruned:
         parts.append(
             _table(
-                ["state", "term", "coefficient before removal", "BIC before", "BIC after"],
+                ["state", "term", "coefficient before removal", "BIC before", "BIC after", "why"],
                 [
                     (
                         _e(p.get("state")),
@@ -486,6 +486,7 @@ def _pareto_section(run: Run) -> str:
                         _fmt(p.get("coefficient")),
                         _fmt(p.get("bic_before"), 6),
                         _fmt(p.get("bic_after"), 6),
+                        _e(p.get("reason", "BIC")),
                     )
                     for p in pruned
                 ],
