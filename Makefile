@@ -39,8 +39,10 @@ test: $(STAMP) test-deps
 	# (tests/conftest.py's LONGEST_FIRST, kept by --no-loadscope-reorder) so that both workers
 	# end together. tests/conftest.py drops JAX's compiled programs after each file: each keeps
 	# memory mappings, and a long-lived process reached vm.max_map_count, where XLA's compiler
-	# aborts.
-	PREFECT_LOGGING_LEVEL=WARNING $(BIN)/python -m pytest -n 2 --dist loadfile \
+	# aborts. One BLAS thread per process, as XLA's (tests/conftest.py): two workers and the
+	# commands they start share two cores.
+	PREFECT_LOGGING_LEVEL=WARNING OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	    $(BIN)/python -m pytest -n 2 --dist loadfile \
 	    --no-loadscope-reorder --durations=25 tests
 
 lint: $(STAMP)

@@ -1,5 +1,6 @@
 """Shared fixtures: the repository root on sys.path (so `import data.lotka_volterra.generate`
-works), offline Prefect settings, and one session-scoped Prefect test harness."""
+works), offline Prefect settings, XLA flags for short programs, and one session-scoped Prefect
+test harness."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+#: XLA for the tests and the commands they start (they inherit the environment; XLA reads it
+#: when JAX first uses the CPU). Most of a test's time is building programs that then run a
+#: few hundred steps on tiny arrays, so:
+#: - code generation without LLVM's optimisation passes: the slower code costs less than the
+#:   passes (measured: the ensemble flow test 91 -> 82 s of CPU, the CNF tests, which train
+#:   longest, unchanged; every test's results stay within its tolerances);
+#: - one thread per process (as bench/suite.py's workers): two pytest-xdist workers and the
+#:   commands they start share two cores, and idle pool threads waiting for work only cost CPU
+#:   (the same test 82 -> 77 s).
+#: A caller's own setting of either flag wins.
+XLA_TEST_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_multi_thread_eigen=false")
+_flags = os.environ.get("XLA_FLAGS", "")
+_flags += "".join(f" {f}" for f in XLA_TEST_FLAGS if f.split("=")[0] not in _flags)
+os.environ["XLA_FLAGS"] = _flags.strip()
 
 
 def pytest_configure(config):
