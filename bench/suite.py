@@ -441,8 +441,7 @@ def _worker_env(jobs: int) -> dict[str, str]:
     env = dict(os.environ)
     if jobs > 1:  # one thread per process: N processes share the cores
         flags = env.get("XLA_FLAGS", "")
-        extra = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        env["XLA_FLAGS"] = f"{flags} {extra}".strip()
+        env["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = "1"
     return env

@@ -23,9 +23,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    os.environ["XLA_FLAGS"] = (
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=" + str(args.threads)
-    )
+    if args.threads == 1:  # XLA's CPU thread pool off (it has no thread-count flag)
+        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     try:
         import torch
