@@ -500,6 +500,18 @@ def test_pruning_drops_an_undetermined_term_only_where_states_are_unmeasured(unm
         assert tuple(mask) == ALL and removed == []
 
 
+def test_candidates_are_compared_by_what_the_data_determine_of_them():
+    """A wide candidate holding the right terms beside an undetermined one keeps its chance:
+    the undetermined term is removed and the rest refit before any comparison."""
+    from sciml.distil._candidates import Candidate
+
+    for unmeasured in (True, False):
+        tm, refitter, fits = _stub_selection(unmeasured)
+        part = Candidate({}, "polynomial", tm, refitter, ALL, fits[ALL]).determined_part()
+        assert part.mask == (NO_S if unmeasured else ALL)
+        assert part.refit is fits[part.mask] and part.determined
+
+
 def test_a_determined_candidate_beats_a_better_bic_only_where_states_are_unmeasured():
     from sciml.distil._candidates import Candidate
 

@@ -262,17 +262,40 @@ class Candidate:
             self.term_model, self.refit, self.mask
         )
 
-    def beats(self, other: Candidate | None, margin: float = 0.0) -> bool:
-        """Refit, and its BIC lower than `other`'s by more than `margin` (or `other` failed).
+    def determined_part(self) -> Candidate:
+        """Where states are unmeasured: this candidate with the discovered terms the data do
+        not determine removed, the least determined first, each removal refit (a term can be
+        undetermined only beside another it trades off with), until every one left is
+        determined or a refit fails. Itself otherwise.
 
-        Where states are unmeasured, a candidate whose discovered coefficients the data all
-        determine beats one with a coefficient they do not, whatever the BIC: a model can then
-        fit the measured values along whole families of coefficients traded against the
-        unmeasured states' scale, and the BIC, which counts every coefficient as one
-        determined number, rewards such wide models (on weekly SEIR case counts, a 9-term
+        A model can fit the measured values along whole families of coefficients traded
+        against the unmeasured states' scale, and the BIC, which counts every coefficient as
+        one determined number, rewards such wide models: on weekly SEIR case counts, a 9-term
         polynomial for the unmeasured infectious state, none of its coefficients determined,
-        reached a quarter of the right model's squared error). With every state measured, a
+        reached a quarter of the right model's squared error. So candidates are compared by
+        what the data determine of them. Removing the terms from each candidate, rather than
+        ranking undetermined candidates last, keeps a wide candidate that holds the right
+        terms among spurious ones in the running (with only the prey measured, Lotka-Volterra's
+        predator gain +c*x*y came in such a candidate). With every state measured, a
         coefficient that is not determined costs more BIC than it gains, and pruning drops it."""
+        c = self
+        while c.refitter.unmeasured and c.refit.ok:
+            worst = undetermined_terms(c.term_model, c.refit, c.mask)
+            if not worst:
+                break
+            mask = list(c.mask)
+            mask[worst[0]] = False
+            fit = c.refitter.fit(mask, start=c.refit.params, y0=c.refit.y0)
+            if not fit.ok:
+                break
+            c = dataclasses.replace(c, mask=tuple(mask), refit=fit)
+        return c
+
+    def beats(self, other: Candidate | None, margin: float = 0.0) -> bool:
+        """Refit, and its BIC lower than `other`'s by more than `margin` (or `other` failed);
+        where states are unmeasured, one whose discovered coefficients the data all determine
+        beats one with a coefficient they do not (`determined_part` says why), whatever the
+        BIC."""
         if not self.refit.ok:
             return False
         if other is None or not other.refit.ok:
@@ -375,7 +398,8 @@ class PolynomialLibrary:
             start.append(base + coefs.get(exps, 0.0))
         start = tm.with_coefficients(tm.model.guesses, start)
         fit = self.refitter.fit(mask, start=start)
-        return Candidate(dict(choice), "polynomial", tm, self.refitter, tuple(mask), fit)
+        candidate = Candidate(dict(choice), "polynomial", tm, self.refitter, tuple(mask), fit)
+        return candidate.determined_part()
 
 
 def polynomial_search(
@@ -420,7 +444,8 @@ def formula_search(
             tm = space.formula_model(choice)
             refitter = space.refitter(tm)
             mask = (True,) * len(tm.terms)
-            tried.append(Candidate(choice, "formula", tm, refitter, mask, refitter.fit(mask)))
+            candidate = Candidate(choice, "formula", tm, refitter, mask, refitter.fit(mask))
+            tried.append(candidate.determined_part())
             if tried[-1].beats(best, margin):
                 best = tried[-1]
     return best, tried

@@ -14,7 +14,7 @@ import numpy as np
 import optimistix as optx
 
 from .._data import BLOW_UP, TrajectorySet
-from .._identify import POORLY
+from .._identify import DETERMINED
 from .._mechanistic import (
     ParameterTransform,
     channel_residuals,
@@ -272,15 +272,15 @@ class Refitter:
 
 def undetermined_terms(tm: TermModel, fit: Refit, mask: Sequence[bool]) -> list[int]:
     """The discovered terms switched on whose coefficient the data do not determine (a standard
-    error above `POORLY` times its size, or none that is finite), least determined first: the
-    threshold above which the identifiability check says "not determined"."""
+    error above `DETERMINED` times its size, or none that is finite), least determined first:
+    the threshold above which the identifiability check no longer calls a value determined."""
     coef, stderr = tm.coefficients(fit.params), tm.coefficients(fit.stderr)
     relative = {
         i: stderr[i] / abs(coef[i]) if np.isfinite(stderr[i]) and coef[i] != 0 else math.inf
         for i, term in enumerate(tm.terms)
         if mask[i] and term.origin == "discovered"
     }
-    return sorted((i for i, r in relative.items() if r > POORLY), key=lambda i: -relative[i])
+    return sorted((i for i, r in relative.items() if r > DETERMINED), key=lambda i: -relative[i])
 
 
 def _bucket(n: int, total: int) -> int:
