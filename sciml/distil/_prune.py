@@ -13,8 +13,9 @@ small `x1` term that way and kept a constant and an `x0**2`). So when a pass sto
 BIC it is kept and elimination runs again on the model with it.
 
 Where states are unmeasured, a term whose coefficient the data do not determine goes too,
-whatever the BIC (`undetermined_terms`; `Candidate.beats` says why the BIC misjudges them
-there): the least determined first, each removal refit, then elimination by the BIC again.
+whatever the BIC (`undetermined_terms`; `Candidate.determined_part` says why the BIC
+misjudges them there): the least determined first, each removal refit, then elimination by
+the BIC again.
 """
 
 from __future__ import annotations
