@@ -264,9 +264,9 @@ class Candidate:
 
     def determined_part(self) -> Candidate:
         """Where states are unmeasured: this candidate with the discovered terms the data do
-        not determine removed, the least determined first, each removal refit (a term can be
-        undetermined only beside another it trades off with), until every one left is
-        determined or a refit fails. Itself otherwise.
+        not determine removed, the least determined first, each removal refit (one removal
+        can make the others determined, when they traded off against it), until every one
+        left is determined or a refit fails. Itself otherwise.
 
         A model can fit the measured values along whole families of coefficients traded
         against the unmeasured states' scale, and the BIC, which counts every coefficient as
