@@ -22,7 +22,7 @@ import sympy as sp
 from .._data import TrajectorySet
 from .._model import MechanisticModel
 from ._integral import IntegralScore, IntegralView
-from ._refit import Refit, Refitter, undetermined_terms
+from ._refit import Refit, Refitter, undetermined_terms, without_least_determined
 from ._terms import Term, TermModel, build_term_model
 
 
@@ -280,14 +280,12 @@ class Candidate:
         coefficient that is not determined costs more BIC than it gains, and pruning drops it."""
         c = self
         while c.refitter.unmeasured and c.refit.ok:
-            worst = undetermined_terms(c.term_model, c.refit, c.mask)
-            if not worst:
+            step = without_least_determined(c.refitter, c.term_model, c.refit, c.mask)
+            if step is None:
                 break
+            i, fit = step
             mask = list(c.mask)
-            mask[worst[0]] = False
-            fit = c.refitter.fit(mask, start=c.refit.params, y0=c.refit.y0)
-            if not fit.ok:
-                break
+            mask[i] = False
             c = dataclasses.replace(c, mask=tuple(mask), refit=fit)
         return c
 

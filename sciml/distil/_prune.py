@@ -22,11 +22,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._refit import Refit, Refitter, undetermined_terms
+from ._refit import Refit, Refitter, without_least_determined
 from ._terms import TermModel
 
 PATIENCE = 3  # rejected removals in a row before an elimination pass stops
 RESTORE = 3  # removed terms tried back after each pass (the removals that gained least)
+
+
+def _record(tm: TermModel, i: int, before: Refit, after: Refit, reason: str) -> dict:
+    """What `prune_terms` returns of term `i`'s removal."""
+    return {
+        "state": tm.terms[i].state,
+        "term": str(tm.terms[i].form),
+        "coefficient": float(tm.coefficients(before.params)[i]),
+        "bic_before": before.bic,
+        "bic_after": after.bic,
+        "reason": reason,
+    }
 
 
 def _eliminate(
@@ -54,15 +66,7 @@ def _eliminate(
             rejected.add(i)  # this term is needed; try the next least significant one
             in_a_row += 1
             continue
-        record = {
-            "state": tm.terms[i].state,
-            "term": str(tm.terms[i].form),
-            "coefficient": float(coef[i]),
-            "bic_before": fit.bic,
-            "bic_after": f.bic,
-            "reason": "BIC",
-        }
-        removed.append((i, record))
+        removed.append((i, _record(tm, i, fit, f, "BIC")))
         mask[i] = False
         fit = f
         in_a_row = 0
@@ -77,24 +81,12 @@ def _drop_undetermined(
     without it fails."""
     if not refitter.unmeasured:
         return fit, mask, []
-    worst = [i for i in undetermined_terms(tm, fit, mask) if i not in forced]
-    if not worst:
+    step = without_least_determined(refitter, tm, fit, mask, forced)
+    if step is None:
         return fit, mask, []
-    i = worst[0]
-    trial = list(mask)
-    trial[i] = False
-    f = refitter.fit(trial, start=fit.params, y0=fit.y0)
-    if not f.ok:
-        return fit, mask, []
-    coef, stderr = tm.coefficients(fit.params), tm.coefficients(fit.stderr)
-    record = {
-        "state": tm.terms[i].state,
-        "term": str(tm.terms[i].form),
-        "coefficient": float(coef[i]),
-        "bic_before": fit.bic,
-        "bic_after": f.bic,
-        "reason": f"not determined (standard error {stderr[i]:.3g})",
-    }
+    i, f = step
+    stderr = tm.coefficients(fit.stderr)[i]
+    record = _record(tm, i, fit, f, f"not determined (standard error {stderr:.3g})")
     mask[i] = False
     return f, mask, [(i, record)]
 

@@ -283,6 +283,25 @@ def undetermined_terms(tm: TermModel, fit: Refit, mask: Sequence[bool]) -> list[
     return sorted((i for i, r in relative.items() if r > DETERMINED), key=lambda i: -relative[i])
 
 
+def without_least_determined(
+    refitter: Refitter,
+    tm: TermModel,
+    fit: Refit,
+    mask: Sequence[bool],
+    forced: frozenset[int] = frozenset(),
+) -> tuple[int, Refit] | None:
+    """The least determined discovered term (`undetermined_terms`, not one in `forced`)
+    switched off and the model refit: (its index, the refit); None when every coefficient is
+    determined or that refit fails."""
+    worst = [i for i in undetermined_terms(tm, fit, mask) if i not in forced]
+    if not worst:
+        return None
+    trial = list(mask)
+    trial[worst[0]] = False
+    f = refitter.fit(trial, start=fit.params, y0=fit.y0)
+    return (worst[0], f) if f.ok else None
+
+
 def _bucket(n: int, total: int) -> int:
     """Number of unknown coefficients a refit is compiled for, `n` needed of `total`: each size
     is a compilation (seconds), each unknown a forward-mode derivative of the ODE solve per
