@@ -685,19 +685,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="discovery's quick settings")
     p.add_argument("--timeout", type=float, default=None, help="seconds per case (all methods)")
     p.add_argument("--retry-failed", action="store_true", help="redo rows that raised")
-    p.add_argument(
-        "--ude",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE,...",
-        help="UDE training settings over the default or --quick schedule, as `sciml discover "
-        "--ude` takes them (e.g. adam_steps=50,lbfgs_steps=0; a short one for tests)",
-    )
+    from pipelines.cli import _ude_arg, _ude_overrides  # the CLI's option and its parsing
+
+    _ude_arg(p)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.ude:  # the CLI's parsing: the same keys and types as `sciml discover --ude`
-        from pipelines.cli import _ude_overrides
-
+    if args.ude:  # the same keys and types as `sciml discover --ude`
         try:
             args.ude = _ude_overrides(args.ude)
         except ValueError as err:
