@@ -439,7 +439,29 @@ def test_bad_config_refused():
         CNFConfig(dt=0.01, max_steps=50)
     with pytest.raises(InputError, match="kinetic"):
         CNFConfig(kinetic=-0.1)
+    with pytest.raises(InputError, match="activation must be one of silu, tanh, softplus"):
+        CNFConfig(activation="relu")
     assert CNFConfig(dt=None).dt is None  # adaptive training solves stay available
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh"])
+def test_model_reloads_with_its_activation_and_old_files_as_tanh(tmp_path, activation):
+    """The activation is not in the saved leaves: `load_cnf` rebuilds it from `model.json`, and
+    a file from before it was a setting (no `activation` there) was trained with tanh."""
+    from sciml.cnf import init_cnf, save_cnf
+
+    x = np.random.default_rng(0).standard_normal((64, 2))
+    config = CNFConfig(width=8, depth=2, activation=activation)
+    model = init_cnf(x, config, key=jr.key(5))
+    save_cnf(tmp_path, model, config, ["x", "y"])
+    xs = jnp.asarray(x[:16], jnp.float32)
+    reference = log_prob(model, xs)[0]
+    assert np.allclose(log_prob(load_cnf(tmp_path), xs)[0], reference, atol=1e-5)
+    hyper = json.loads((tmp_path / "model.json").read_text())
+    del hyper["config"]["activation"]
+    (tmp_path / "model.json").write_text(json.dumps(hyper))
+    old = log_prob(load_cnf(tmp_path), xs)[0]
+    assert np.allclose(old, reference, atol=1e-5) is (activation == "tanh")
 
 
 def test_nonpositive_steps_refused(tmp_path):

@@ -62,6 +62,15 @@ class ConcatSquashLinear(eqx.Module):
         return self.linear(x) * jax.nn.sigmoid(self.gate(tt)) + self.shift(tt)
 
 
+#: The field's activations by name (`CNFConfig.activation`): smooth, so that the field and its
+#: Jacobian (the trace) are smooth for the adaptive solver.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "softplus": jax.nn.softplus,
+}
+
+
 class ConcatSquashField(eqx.Module):
     """A small time-conditioned MLP of concat-squash layers with a smooth activation."""
 
@@ -72,9 +81,9 @@ class ConcatSquashField(eqx.Module):
         self,
         dim: int,
         width: int = 64,
-        depth: int = 3,
+        depth: int = 4,
         *,
-        activation: Callable[[Array], Array] = jnp.tanh,
+        activation: Callable[[Array], Array] = jax.nn.silu,
         dtype=jnp.float32,
         key: PRNGKeyArray,
     ):

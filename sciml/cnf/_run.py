@@ -18,7 +18,7 @@ from .._errors import InputError, NumericalError
 from .._io import atomic_path, write_json
 from ._data import Table, align_columns, check_rows, load_table
 from ._eval import EVAL_BATCH, evaluate_log_prob
-from ._flow import CNF, ConcatSquashField, resolve_trace, sample
+from ._flow import ACTIVATIONS, CNF, ConcatSquashField, resolve_trace, sample
 from ._train import CNFConfig, fit_cnf, n_validation, remove_checkpoint
 
 #: Fewest training rows (and smallest batch) accepted.
@@ -81,7 +81,11 @@ def load_cnf(folder: str | os.PathLike[str]) -> CNF:
     folder = Path(folder)
     hyper = json.loads((folder / "model.json").read_text())
     d = int(hyper["dim"])
-    field = ConcatSquashField(d, hyper["width"], hyper["depth"], key=jr.key(0))
+    # Model files from before the activation was a setting were all trained with tanh.
+    activation = ACTIVATIONS[hyper.get("config", {}).get("activation", "tanh")]
+    field = ConcatSquashField(
+        d, hyper["width"], hyper["depth"], activation=activation, key=jr.key(0)
+    )
     like = CNF(field, jnp.zeros(d, jnp.float32), jnp.ones(d, jnp.float32), float(hyper["t1"]))
     return eqx.tree_deserialise_leaves(folder / "model.eqx", like)
 

@@ -28,7 +28,14 @@ from .._errors import NumericalError
 from .._fingerprint import Fingerprint
 from .._progress import Progress
 from ._eval import evaluate_log_prob
-from ._flow import CNF, ConcatSquashField, gaussian_logpdf, integrate_to_base, resolve_trace
+from ._flow import (
+    ACTIVATIONS,
+    CNF,
+    ConcatSquashField,
+    gaussian_logpdf,
+    integrate_to_base,
+    resolve_trace,
+)
 
 #: The training checkpoint in the output folder: `checkpoint.eqx` (+ `.json` for people).
 CHECKPOINT = "checkpoint"
@@ -44,7 +51,8 @@ MIN_LR_DIVISOR = 64
 class CNFConfig(Config):
     """Hyperparameters of a CNF and its training; everything a resume must agree on.
 
-    - `width`, `depth`: hidden units and hidden layers of the concat-squash vector field.
+    - `width`, `depth`: hidden units and hidden layers of the concat-squash vector field;
+      `activation`: its nonlinearity, one of `ACTIVATIONS` (smooth, for the adaptive solver).
     - `t1`: the flow runs on `[0, t1]`.
     - `steps`: the most optimiser steps. Training stops earlier once the validation NLL has not
       improved (by `MIN_IMPROVEMENT` nats) for `patience` checks, one check every
@@ -72,7 +80,8 @@ class CNFConfig(Config):
     """
 
     width: int = 64
-    depth: int = 3
+    depth: int = 4
+    activation: str = "silu"
     t1: float = 1.0
     steps: int = 20000
     batch_size: int = 128
@@ -95,6 +104,8 @@ class CNFConfig(Config):
             for name in ("width", "depth", "steps", "batch_size", "patience", "checkpoint_every")
             if int(getattr(self, name)) < 1
         ]
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}")
         if not 0 <= self.ema < 1:
             problems.append("ema must lie in [0, 1)")
         if not 0 <= self.validation_fraction < 1:
@@ -174,7 +185,14 @@ def validation_rows(n: int, fraction: float, key: PRNGKeyArray) -> tuple[np.ndar
 def init_cnf(x: np.ndarray, config: CNFConfig, *, key: PRNGKeyArray) -> CNF:
     """A fresh CNF whose standardisation is fixed by the training data `x` (float32)."""
     x = np.asarray(x, dtype=np.float64)
-    field = ConcatSquashField(x.shape[1], config.width, config.depth, dtype=jnp.float32, key=key)
+    field = ConcatSquashField(
+        x.shape[1],
+        config.width,
+        config.depth,
+        activation=ACTIVATIONS[config.activation],
+        dtype=jnp.float32,
+        key=key,
+    )
     shift = jnp.asarray(x.mean(axis=0), jnp.float32)
     scale = jnp.asarray(x.std(axis=0), jnp.float32)
     return CNF(field, shift, scale, float(config.t1))
