@@ -91,7 +91,7 @@ def test_conv3x3_matches_a_standard_convolution() -> None:
     np.testing.assert_allclose(conv(x), ref + conv.bias[:, None, None], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8), (20,)])
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8), (5, 17, 23), (20,)])
 def test_ode_classifier_shapes_steps_and_float32(shape: tuple[int, ...]) -> None:
     config = ClassifierConfig(width=8, hidden=8, augment=2)
     model = make_classifier(config, shape, 4, key=jr.key(0))
