@@ -485,19 +485,6 @@ def test_undetermined_terms_are_the_discovered_ones_least_determined_first():
     ]  # a coefficient of 0 has no relative error: not determined
 
 
-def test_where_removing_the_least_determined_term_fails_the_next_is_tried():
-    from sciml.distil._refit import without_least_determined
-
-    tm, refitter, fits = _stub_selection(True)
-    worse = dataclasses.replace(fits[ALL], stderr=fits[ALL].stderr * 100)  # S, then E
-    assert without_least_determined(refitter, tm, worse, ALL) == (2, fits[NO_S])
-    refitter.fits[NO_S] = dataclasses.replace(fits[NO_S], ok=False)
-    assert without_least_determined(refitter, tm, worse, ALL) == (3, fits[NO_E])
-    refitter.fits[NO_E] = dataclasses.replace(fits[NO_E], ok=False)
-    assert without_least_determined(refitter, tm, worse, ALL) is None
-    assert without_least_determined(refitter, tm, fits[ALL], ALL, forced=frozenset({2})) is None
-
-
 @pytest.mark.parametrize("unmeasured", [True, False])
 def test_pruning_drops_an_undetermined_term_only_where_states_are_unmeasured(unmeasured):
     from sciml.distil import prune_terms

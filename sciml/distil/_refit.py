@@ -291,16 +291,15 @@ def without_least_determined(
     forced: frozenset[int] = frozenset(),
 ) -> tuple[int, Refit] | None:
     """The least determined discovered term (`undetermined_terms`, not one in `forced`)
-    switched off and the model refit: (its index, the refit). Where that refit fails, the next
-    least determined term is tried instead, and so on; None when every coefficient is
-    determined or every such refit fails."""
-    for i in (i for i in undetermined_terms(tm, fit, mask) if i not in forced):
-        trial = list(mask)
-        trial[i] = False
-        f = refitter.fit(trial, start=fit.params, y0=fit.y0)
-        if f.ok:
-            return i, f
-    return None
+    switched off and the model refit: (its index, the refit); None when every coefficient is
+    determined or that refit fails."""
+    worst = [i for i in undetermined_terms(tm, fit, mask) if i not in forced]
+    if not worst:
+        return None
+    trial = list(mask)
+    trial[worst[0]] = False
+    f = refitter.fit(trial, start=fit.params, y0=fit.y0)
+    return (worst[0], f) if f.ok else None
 
 
 def _bucket(n: int, total: int) -> int:
