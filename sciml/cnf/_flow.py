@@ -72,7 +72,8 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 class ConcatSquashField(eqx.Module):
-    """A small time-conditioned MLP of concat-squash layers with a smooth activation."""
+    """A small time-conditioned MLP of concat-squash layers with a smooth activation
+    (`depth` hidden layers of `width` units). The defaults live in `CNFConfig`."""
 
     layers: tuple[ConcatSquashLinear, ...]
     activation: Callable[[Array], Array] = eqx.field(static=True)
@@ -80,10 +81,10 @@ class ConcatSquashField(eqx.Module):
     def __init__(
         self,
         dim: int,
-        width: int = 64,
-        depth: int = 4,
+        width: int,
+        depth: int,
         *,
-        activation: Callable[[Array], Array] = jax.nn.silu,
+        activation: Callable[[Array], Array],
         dtype=jnp.float32,
         key: PRNGKeyArray,
     ):
